@@ -1,0 +1,130 @@
+"""Token content of a request, real or virtual, and the hash chain over its KV blocks.
+
+Why a separate notion of content: traces rarely carry token ids. Azure gives lengths, Mooncake
+gives 512-token ``hash_ids``, agent programs grow a context turn by turn. Prefix caching must
+still see exactly the reuse those traces imply, at *any* block size. So content is either real
+token ids (the torch engine) or a run of *segments* ``(key, length)``: segment ``key`` stands for
+``length`` virtual tokens ``(key, 0) .. (key, length-1)``. Two requests share a prefix exactly
+when their virtual token sequences agree, and the block hash of a block is computed from the
+pieces of segments it covers, so a segment boundary never changes a hash.
+
+Hashes are Python ``hash`` of tuples of ints: deterministic across runs (only str/bytes hashing
+is salted), fast, and collision-safe enough for a cache key that is also checked by position.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+ROOT_HASH = 0x5157_1CE0
+
+
+class Content:
+    """Append-only token sequence with cached block hashes.
+
+    ``tokens`` holds real ids when known; otherwise ``segments`` holds (key, length) runs.
+    Generated tokens are appended with :meth:`append_tokens` (real) or as a growing output
+    segment (virtual), so a later turn that resends prompt + output hits the same blocks.
+    """
+
+    __slots__ = ("tokens", "segments", "length", "_hashes", "_block_size")
+
+    def __init__(self, tokens: Sequence[int] | None = None,
+                 segments: Sequence[tuple[int, int]] | None = None) -> None:
+        if (tokens is None) == (segments is None):
+            raise ValueError("content needs exactly one of tokens or segments")
+        self.tokens: list[int] | None = list(tokens) if tokens is not None else None
+        segs: list[list[int]] | None = None
+        if segments is not None:
+            segs = []
+            for key, n in segments:
+                if n < 0:
+                    raise ValueError(f"segment length must be >= 0, got {n}")
+                if n == 0:
+                    continue
+                if segs and segs[-1][0] == key:
+                    segs[-1][1] += n
+                else:
+                    segs.append([int(key), int(n)])
+        self.segments = segs
+        self.length = len(self.tokens) if self.tokens is not None else sum(n for _, n in segs)
+        self._hashes: list[int] = []
+        self._block_size = 0
+
+    # -- growth ---------------------------------------------------------------------------
+    def append_tokens(self, token_ids: Sequence[int]) -> None:
+        """Append real token ids (engine) - only valid for token content."""
+        assert self.tokens is not None
+        self.tokens.extend(token_ids)
+        self.length += len(token_ids)
+
+    def append_virtual(self, key: int, n: int) -> None:
+        """Append ``n`` virtual tokens of segment ``key`` (simulated output)."""
+        if n <= 0:
+            return
+        if self.tokens is not None:
+            # A real-token request in simulation: extend with deterministic pseudo ids.
+            self.tokens.extend(((key * 1_000_003 + self.length + i) & 0x7FFF_FFFF)
+                               for i in range(n))
+        else:
+            assert self.segments is not None
+            if self.segments and self.segments[-1][0] == key:
+                self.segments[-1][1] += n
+            else:
+                self.segments.append([key, n])
+        self.length += n
+
+    def copy(self) -> "Content":
+        if self.tokens is not None:
+            return Content(tokens=self.tokens)
+        return Content(segments=[(k, n) for k, n in self.segments])
+
+    # -- hashing --------------------------------------------------------------------------
+    def block_hashes(self, block_size: int, upto_tokens: int) -> list[int]:
+        """Hashes of the full blocks among the first ``upto_tokens`` tokens (cached, chained)."""
+        if block_size != self._block_size:
+            self._hashes = []
+            self._block_size = block_size
+        n_full = min(upto_tokens, self.length) // block_size
+        hashes = self._hashes
+        if len(hashes) >= n_full:
+            return hashes
+        parent = hashes[-1] if hashes else ROOT_HASH
+        if self.tokens is not None:
+            toks = self.tokens
+            for b in range(len(hashes), n_full):
+                parent = hash((parent, tuple(toks[b * block_size:(b + 1) * block_size])))
+                hashes.append(parent)
+            return hashes
+        # Walk segments to the first block still missing.
+        start_block = len(hashes)
+        pos = start_block * block_size
+        seg_i, seg_start = _locate(self.segments, pos)
+        segs = self.segments
+        for _b in range(start_block, n_full):
+            end = pos + block_size
+            pieces: list[int] = []
+            while pos < end:
+                key, n = segs[seg_i]
+                off = pos - seg_start
+                take = min(n - off, end - pos)
+                pieces.append(key)
+                pieces.append(off)
+                pieces.append(take)
+                pos += take
+                if off + take == n:
+                    seg_start += n
+                    seg_i += 1
+            parent = hash((parent, tuple(pieces)))
+            hashes.append(parent)
+        return hashes
+
+
+def _locate(segments: list[list[int]], pos: int) -> tuple[int, int]:
+    """Index of the segment holding token ``pos`` and that segment's start position."""
+    start = 0
+    for i, (_k, n) in enumerate(segments):
+        if pos < start + n:
+            return i, start
+        start += n
+    return len(segments), start

@@ -1,0 +1,95 @@
+"""StepPlan (scheduler -> executor) and StepResult (executor -> scheduler).
+
+Plain dataclasses, no torch (DESIGN principle 4), so the simulated and the torch executor take
+the same plan. The plan also carries the batch aggregates a performance model needs
+(:class:`BatchStats`), accumulated while the scheduler builds it, so pricing a step never walks
+the batch a second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sluice.core.request import Request
+
+
+@dataclass(slots=True)
+class Chunk:
+    """``n_tokens`` tokens of ``req`` starting at position ``start`` computed this step."""
+
+    req: Request
+    start: int
+    n_tokens: int
+    is_prefill: bool
+    skip_layers: int = 0  # layers already done by an interrupted step (resumed prefill)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What a step costs is a function of these numbers (see perf/).
+
+    ``prefill_*`` are weighted by the fraction of layers still to run for resumed chunks.
+    ``prefill_attn`` counts query-key pairs: for a chunk of ``n`` new tokens after ``c`` cached
+    ones it is ``n * c + n * (n + 1) / 2`` (causal).
+    """
+
+    prefill_tokens: float = 0.0
+    prefill_seqs: int = 0
+    prefill_attn: float = 0.0
+    prefill_ctx: float = 0.0  # KV tokens read by prefill chunks (context before the chunk)
+    max_prefill_chunk: int = 0
+    decode_seqs: int = 0
+    decode_ctx: int = 0  # KV tokens read by decode sequences
+    swap_in_blocks: int = 0
+    swap_out_blocks: int = 0
+
+    @property
+    def total_tokens(self) -> float:
+        return self.prefill_tokens + self.decode_seqs
+
+
+@dataclass(slots=True)
+class StepPlan:
+    chunks: list[Chunk] = field(default_factory=list)
+    stats: BatchStats = field(default_factory=BatchStats)
+    # (request, device block ids): swap-out copies these blocks to the host *before* the
+    # forward (the ids may be reused by this same plan); swap-in copies host KV into them.
+    swap_out: list[tuple[Request, list[int]]] = field(default_factory=list)
+    swap_in: list[tuple[Request, list[int]]] = field(default_factory=list)
+    interruptible: bool = False  # prefill may stop at a layer boundary on an arrival
+    num_layers: int = 1
+
+    def add(self, req: Request, n_tokens: int, is_prefill: bool) -> None:
+        start = req.num_computed
+        skip = req.resume_layers if (req.resume_tokens == n_tokens) else 0
+        self.chunks.append(Chunk(req, start, n_tokens, is_prefill, skip))
+        s = self.stats
+        if is_prefill:
+            frac = 1.0 - skip / self.num_layers if skip else 1.0
+            s.prefill_tokens += n_tokens * frac
+            s.prefill_seqs += 1
+            s.prefill_attn += frac * (n_tokens * start + n_tokens * (n_tokens + 1) / 2)
+            s.prefill_ctx += frac * start
+            if n_tokens > s.max_prefill_chunk:
+                s.max_prefill_chunk = n_tokens
+        else:
+            s.decode_seqs += n_tokens
+            s.decode_ctx += start + n_tokens
+
+    @property
+    def empty(self) -> bool:
+        return not self.chunks and not self.swap_in and not self.swap_out
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What happened. ``sampled`` maps request id -> new token ids (real engine only);
+    ``finished`` holds ids that hit EOS or a stop condition the executor detected.
+    ``layers_done`` is set when the step was interrupted at a layer boundary: then no chunk's
+    tokens count and prefill chunks keep that many layers of progress."""
+
+    duration: float
+    sampled: dict[int, list[int]] | None = None
+    finished: set[int] = field(default_factory=set)
+    layers_done: int | None = None
+    logprobs: dict[int, list[float]] | None = None

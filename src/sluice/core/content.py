@@ -67,9 +67,9 @@ class Content:
             self.tokens.extend(((key * 1_000_003 + self.length + i) & 0x7FFF_FFFF)
                                for i in range(n))
         else:
-            assert self.segments is not None
-            if self.segments and self.segments[-1][0] == key:
-                self.segments[-1][1] += n
+            last = self.segments[-1]
+            if last[0] == key:
+                last[1] += n
             else:
                 self.segments.append([key, n])
         self.length += n
@@ -96,28 +96,36 @@ class Content:
                 parent = hash((parent, tuple(toks[b * block_size:(b + 1) * block_size])))
                 hashes.append(parent)
             return hashes
-        # Walk segments to the first block still missing.
-        start_block = len(hashes)
-        pos = start_block * block_size
-        seg_i, seg_start = _locate(self.segments, pos)
+        return self._segment_hashes(block_size, n_full)
+
+    def _segment_hashes(self, bs: int, n_full: int) -> list[int]:
+        """Block ``j``'s hash is ``hash((sig, key, end))``: ``key`` is the segment holding the
+        block's last token, ``end`` that token's offset + 1 in it, and ``sig`` chains the
+        (key, length) of every segment before it. That is a function of exactly the tokens up
+        to the block's end, like a hash chain, but costs one small tuple per block."""
+        hashes = self._hashes
         segs = self.segments
-        for _b in range(start_block, n_full):
-            end = pos + block_size
-            pieces: list[int] = []
-            while pos < end:
-                key, n = segs[seg_i]
-                off = pos - seg_start
-                take = min(n - off, end - pos)
-                pieces.append(key)
-                pieces.append(off)
-                pieces.append(take)
-                pos += take
-                if off + take == n:
-                    seg_start += n
-                    seg_i += 1
-            parent = hash((parent, tuple(pieces)))
-            hashes.append(parent)
+        pos = len(hashes) * bs  # first token of the first missing block
+        seg_i, seg_start = _locate(segs, pos + bs - 1)
+        sig = self._sig_before(seg_i)
+        while len(hashes) < n_full:
+            key, n = segs[seg_i]
+            last_end = min(seg_start + n, n_full * bs)  # blocks ending inside this segment
+            first = pos + bs
+            if first <= last_end:
+                hashes.extend([hash((sig, key, end - seg_start))
+                               for end in range(first, last_end + 1, bs)])
+                pos = first + ((last_end - first) // bs) * bs
+            sig = hash((sig, key, n))
+            seg_start += n
+            seg_i += 1
         return hashes
+
+    def _sig_before(self, seg_i: int) -> int:
+        sig = ROOT_HASH
+        for key, n in self.segments[:seg_i]:
+            sig = hash((sig, key, n))
+        return sig
 
 
 def _locate(segments: list[list[int]], pos: int) -> tuple[int, int]:

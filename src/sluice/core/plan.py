@@ -50,7 +50,12 @@ class BatchStats:
 
 @dataclass(slots=True)
 class StepPlan:
+    """``chunks`` holds prefill work; ``decodes`` the requests decoding one token each (kept
+    apart because they are most of every batch and need no per-step object). Executors that
+    want one uniform list use :meth:`all_chunks`."""
+
     chunks: list[Chunk] = field(default_factory=list)
+    decodes: list[Request] = field(default_factory=list)
     stats: BatchStats = field(default_factory=BatchStats)
     # (request, device block ids): swap-out copies these blocks to the host *before* the
     # forward (the ids may be reused by this same plan); swap-in copies host KV into them.
@@ -62,23 +67,38 @@ class StepPlan:
     def add(self, req: Request, n_tokens: int, is_prefill: bool) -> None:
         start = req.num_computed
         skip = req.resume_layers if (req.resume_tokens == n_tokens) else 0
+        if not is_prefill:
+            assert n_tokens == 1, "decode chunks are one token"
+            self.add_decode(req)
+            return
         self.chunks.append(Chunk(req, start, n_tokens, is_prefill, skip))
         s = self.stats
-        if is_prefill:
-            frac = 1.0 - skip / self.num_layers if skip else 1.0
-            s.prefill_tokens += n_tokens * frac
-            s.prefill_seqs += 1
-            s.prefill_attn += frac * (n_tokens * start + n_tokens * (n_tokens + 1) / 2)
-            s.prefill_ctx += frac * start
-            if n_tokens > s.max_prefill_chunk:
-                s.max_prefill_chunk = n_tokens
-        else:
-            s.decode_seqs += n_tokens
-            s.decode_ctx += start + n_tokens
+        frac = 1.0 - skip / self.num_layers if skip else 1.0
+        s.prefill_tokens += n_tokens * frac
+        s.prefill_seqs += 1
+        s.prefill_attn += frac * (n_tokens * start + n_tokens * (n_tokens + 1) / 2)
+        s.prefill_ctx += frac * start
+        if n_tokens > s.max_prefill_chunk:
+            s.max_prefill_chunk = n_tokens
+
+    def add_decode(self, req: Request) -> None:
+        """One decode token for ``req`` (the hot path)."""
+        self.decodes.append(req)
+        s = self.stats
+        s.decode_seqs += 1
+        s.decode_ctx += req.num_computed + 1
+
+    def all_chunks(self) -> list[Chunk]:
+        """Prefill chunks then one-token decode chunks, before the step is applied."""
+        return self.chunks + [Chunk(r, r.num_computed, 1, False, 0) for r in self.decodes]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.chunks) + len(self.decodes)
 
     @property
     def empty(self) -> bool:
-        return not self.chunks and not self.swap_in and not self.swap_out
+        return not self.chunks and not self.decodes and not self.swap_in and not self.swap_out
 
 
 @dataclass(slots=True)

@@ -50,9 +50,11 @@ class SLO:
                 raise ValueError(f"SLO {name} must be a positive number of seconds, got {v!r}")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Request:
-    """One LLM call. Fields above ``state`` are inputs; the rest is mechanism state/timeline."""
+    """One LLM call. Fields above ``state`` are inputs; the rest is mechanism state/timeline.
+
+    Compared by identity (``eq=False``): two requests are never "equal" by value."""
 
     id: int
     arrival: float

@@ -1,0 +1,371 @@
+"""The mechanism: token budget, chunking, KV allocation, preemption, retention.
+
+One ``schedule(now)`` builds a :class:`StepPlan` the way vLLM v1 does — running requests first
+(each gets ``remaining`` tokens, capped by the budget), then waiting ones in policy order — and
+``update`` applies a :class:`StepResult`. Every *choice* (order, admission, victims, retention,
+interruption) is delegated to the policy; nothing here knows any paper.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import insort
+
+from sluice.core.config import SchedulerConfig
+from sluice.core.kv import KVCache
+from sluice.core.plan import StepPlan, StepResult
+from sluice.core.request import Request, RequestState
+from sluice.policies.base import Policy, View
+
+_RUN = RequestState.RUNNING
+_QUEUED = (RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, policy: Policy, kv: KVCache,
+                 num_layers: int = 1) -> None:
+        self.cfg = cfg.validate()
+        self.policy = policy
+        self.kv = kv
+        self.num_layers = num_layers
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.programs: dict[int, object] = {}
+        self.itls = array("d")  # every inter-token latency, seconds (metrics read it)
+        self.rejected: list[Request] = []
+        self.num_preemptions = 0
+        self._admit_seq = 0
+        self._policy_on_step = type(policy).on_step is not Policy.on_step
+        self.max_kv_tokens = kv.num_blocks * kv.block_size
+
+    # -- intake ---------------------------------------------------------------------------
+    def add(self, req: Request, now: float) -> bool:
+        """Queue ``req``; reject it (and say why) if it can never run on this replica."""
+        reason = self._reject_reason(req)
+        if reason:
+            req.state = RequestState.REJECTED
+            req.stop_reason = reason
+            req.finish_time = now
+            self.rejected.append(req)
+            return False
+        req.state = RequestState.WAITING
+        self.policy.on_arrival(req, self.view(now))
+        self._enqueue(req, now)
+        return True
+
+    def _reject_reason(self, req: Request) -> str:
+        cfg = self.cfg
+        if req.prompt_len + req.max_tokens > cfg.max_model_len:
+            return "context"
+        need = req.prompt_len + (req.max_tokens if cfg.kv_reservation == "max" else 1)
+        if self.kv.blocks_for(need) > self.kv.num_blocks:
+            return "kv_capacity"
+        if not cfg.enable_chunked_prefill and req.prompt_len > cfg.max_num_batched_tokens:
+            return "token_budget"
+        return ""
+
+    def _enqueue(self, req: Request, now: float) -> None:
+        if self.policy.static_key:
+            key = self.policy.key
+            insort(self.waiting, req, key=lambda r: key(r, now))
+        else:
+            self.waiting.append(req)
+
+    def abort(self, req: Request, now: float) -> None:
+        """Stop ``req`` wherever it is and free everything it holds."""
+        if req.is_finished:
+            return
+        if req.state == _RUN:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        if req.state == RequestState.SWAPPED:
+            self.kv.drop_host(req)
+        self.kv.free(req)
+        req.state = RequestState.ABORTED
+        req.stop_reason = req.stop_reason or "abort"
+        req.finish_time = now
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def view(self, now: float) -> View:
+        kv = self.kv
+        return View(now, kv.num_free, kv.num_blocks, kv.block_size, self.running, self.waiting,
+                    kv.num_host_blocks - kv.host_used, self.programs)
+
+    # -- scheduling -----------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        self.kv.expire_pins(now)
+        plan = StepPlan(num_layers=self.num_layers)
+        budget = self._schedule_running(plan, now, self.cfg.max_num_batched_tokens)
+        if not self._preempted_now:
+            self._schedule_waiting(plan, now, budget)
+        if self.policy.interruptible_prefill and plan.stats.prefill_seqs:
+            plan.interruptible = True
+        return plan
+
+    def _running_order(self, now: float) -> list[Request]:
+        running = self.running
+        if self.policy.order_running:
+            key = self.policy.key
+            running.sort(key=lambda r: key(r, now))
+        if self.cfg.decode_first:
+            return sorted(running, key=lambda r: r.num_tokens - r.num_computed > 1)
+        return list(running)
+
+    def _schedule_running(self, plan: StepPlan, now: float, budget: int) -> int:
+        self._preempted_now = False
+        cfg = self.cfg
+        cap = cfg.long_prefill_token_threshold
+        chunked = cfg.enable_chunked_prefill
+        bs = self.kv.block_size
+        order = self._running_order(now)
+        scheduled: set[int] = set()
+        for req in order:
+            if budget <= 0:
+                break
+            if req.state != _RUN:  # preempted earlier in this loop
+                continue
+            computed = req.num_computed
+            remaining = req.num_tokens - computed
+            if remaining == 1 and computed >= req.prompt_len:
+                # decode: the hot path, no chunking decisions and rarely a new block
+                if computed >= len(req.blocks) * bs and not self._grow(
+                        plan, req, computed + 1, now, scheduled):
+                    continue
+                plan.add_decode(req)
+                scheduled.add(req.id)
+                budget -= 1
+                continue
+            n = _chunk(req, remaining, budget, cap)
+            if n < remaining and not chunked:
+                continue
+            if not self._grow(plan, req, computed + n, now, scheduled):
+                continue
+            plan.add(req, n, True)
+            scheduled.add(req.id)
+            budget -= n
+        return budget
+
+    def _grow(self, plan: StepPlan, req: Request, total: int, now: float,
+              scheduled: set[int]) -> bool:
+        """Allocate KV for a running request, preempting victims while short."""
+        kv = self.kv
+        while not kv.allocate(req, total):
+            need = kv.needed_blocks(req, total)
+            if kv.pins and kv.reclaim_pins(need):
+                continue
+            candidates = [r for r in self.running if r.state == _RUN and r.id not in scheduled]
+            victim = self.policy.victim(candidates, self.view(now)) if candidates else req
+            self._preempt(plan, victim, now)
+            if victim is req:
+                return False
+        return True
+
+    def _schedule_waiting(self, plan: StepPlan, now: float, budget: int) -> None:
+        policy, cfg, kv = self.policy, self.cfg, self.kv
+        if not self.waiting:
+            return
+        if not policy.static_key:
+            key = policy.key
+            self.waiting.sort(key=lambda r: key(r, now))
+        view = self.view(now)
+        taken: list[int] = []
+        for i, req in enumerate(self.waiting):
+            if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
+                break
+            if not policy.admit(req, view) or not self._admit(plan, req, now, budget):
+                if policy.skip_blocked:
+                    continue
+                break
+            taken.append(i)
+            budget -= plan.chunks[-1].n_tokens  # _admit ends by adding req's chunk
+        self._remove_waiting(taken)
+
+    def _remove_waiting(self, taken: list[int]) -> None:
+        if not taken:
+            return
+        if taken[-1] == len(taken) - 1:  # a prefix: one memmove
+            del self.waiting[: len(taken)]
+        else:
+            for i in reversed(taken):
+                del self.waiting[i]
+
+    def _admit(self, plan: StepPlan, req: Request, now: float, budget: int) -> bool:
+        """Try to start (or resume) ``req`` this step; on success it is running."""
+        kv = self.kv
+        if req.state == RequestState.SWAPPED:
+            blocks = kv.swap_in(req)
+            if blocks is None and self._make_room(plan, req, req.host_blocks, now):
+                blocks = kv.swap_in(req)
+            if blocks is None:
+                return False
+            plan.swap_in.append((req, blocks))
+            plan.stats.swap_in_blocks += len(blocks)
+        else:
+            hits = kv.lookup(req) if not req.blocks else []
+            start = len(hits) * kv.block_size
+            n = _chunk(req, req.num_tokens - start, budget, self.cfg.long_prefill_token_threshold)
+            if n < req.num_tokens - start and not self.cfg.enable_chunked_prefill:
+                return False
+            target = self._reservation(req, start + n)
+            need = kv.blocks_for(target) - len(hits)
+            if not kv.can_allocate(need + _cached_among(kv, hits), admission=True):
+                if not self._make_room(plan, req, need, now):
+                    return False
+            kv.acquire_hits(req, hits)
+            if not kv.allocate(req, target, admission=True):
+                kv.free(req)
+                req.num_computed = 0
+                return False
+            if req.first_scheduled < 0:
+                req.first_scheduled = now
+                req.cached_tokens = start
+        req.state = _RUN
+        req.admitted_seq = self._admit_seq
+        self._admit_seq += 1
+        self.running.append(req)
+        remaining = req.num_tokens - req.num_computed
+        n = _chunk(req, remaining, budget, self.cfg.long_prefill_token_threshold)
+        plan.add(req, n, remaining > 1 or req.num_computed < req.prompt_len)
+        return True
+
+    def _reservation(self, req: Request, upto: int) -> int:
+        mode = self.cfg.kv_reservation
+        if mode == "prompt":
+            return max(upto, req.num_tokens)
+        if mode == "max":
+            return max(upto, min(req.prompt_len + req.max_tokens, self.cfg.max_model_len))
+        return upto
+
+    def _make_room(self, plan: StepPlan, req: Request, need: int, now: float) -> bool:
+        """Pins first, then the policy's ``preempt_for`` victims. True if room was made."""
+        kv = self.kv
+        if kv.pins:
+            kv.reclaim_pins(need)
+            if kv.can_allocate(need, admission=True):
+                return True
+        victims = self.policy.preempt_for(req, self.view(now))
+        for v in victims:
+            if v.state == _RUN:
+                self._preempt(plan, v, now)
+        return bool(victims) and kv.can_allocate(need, admission=True)
+
+    def _preempt(self, plan: StepPlan, req: Request, now: float) -> None:
+        """Evict a running request by swap (if configured and the host has room) or recompute."""
+        self._preempted_now = True
+        self.num_preemptions += 1
+        req.preemptions += 1
+        req.resume_layers = req.resume_tokens = 0
+        self.running.remove(req)
+        kv = self.kv
+        if self.cfg.preemption_mode == "swap" and kv.can_swap_out(req):
+            blocks = kv.swap_out(req)
+            plan.swap_out.append((req, blocks))
+            plan.stats.swap_out_blocks += len(blocks)
+            req.state = RequestState.SWAPPED
+        else:
+            req.recomputed_tokens += req.num_computed
+            kv.free(req)
+            req.num_computed = 0
+            req.state = RequestState.PREEMPTED
+        self._enqueue(req, now)
+
+    # -- results --------------------------------------------------------------------------
+    def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Request]:
+        """Apply a finished (or interrupted) step at time ``now``; returns requests that ended."""
+        if result.layers_done is not None:
+            for ch in plan.chunks:
+                if ch.req.state == _RUN:
+                    ch.req.resume_layers = result.layers_done
+                    ch.req.resume_tokens = ch.n_tokens
+            return []
+        ended: list[Request] = []
+        sampled = result.sampled
+        finished_ids = result.finished
+        kv = self.kv
+        itls = self.itls
+        max_len = self.cfg.max_model_len
+        bs = kv.block_size
+        for ch in plan.chunks:
+            req = ch.req
+            if req.state != _RUN:
+                continue
+            computed = req.num_computed + ch.n_tokens
+            req.num_computed = computed
+            req.resume_layers = req.resume_tokens = 0
+            if computed == req.num_tokens and self._sample(req, sampled, finished_ids, now):
+                ended.append(req)
+            if computed // bs != ch.start // bs:  # a block became full
+                kv.commit(req)
+        for req in plan.decodes:
+            if req.state != _RUN:
+                continue
+            computed = req.num_computed + 1
+            req.num_computed = computed
+            if sampled is None:
+                req.content.append_virtual(req.output_key, 1)
+            else:
+                req.content.append_tokens(sampled[req.id])
+            req.num_tokens = computed + 1
+            req.num_output += 1
+            itls.append(now - req.last_token)
+            req.last_token = now
+            if (req.num_output >= req.max_tokens or req.id in finished_ids
+                    or computed + 1 >= max_len):
+                ended.append(req)
+            if computed % bs == 0:  # a block became full
+                kv.commit(req)
+        for req in ended:
+            self._finish(req, now, "stop" if req.id in finished_ids else "length")
+        if self._policy_on_step:
+            served = [(c.req, c.n_tokens) for c in plan.chunks] + [(r, 1) for r in plan.decodes]
+            self.policy.on_step(served, self.view(now))
+        return ended
+
+    def _sample(self, req: Request, sampled, finished_ids: set[int], now: float) -> bool:
+        """A chunk completed ``req``'s tokens: take the sampled token; True if it ended."""
+        if sampled is None:
+            req.content.append_virtual(req.output_key, 1)
+        else:
+            req.content.append_tokens(sampled[req.id])
+        req.num_tokens += 1
+        req.num_output += 1
+        if req.first_token < 0:
+            req.first_token = now
+        else:
+            self.itls.append(now - req.last_token)
+        req.last_token = now
+        return (req.num_output >= req.max_tokens or req.id in finished_ids
+                or req.num_tokens >= self.cfg.max_model_len)
+
+    def _finish(self, req: Request, now: float, reason: str) -> None:
+        req.state = RequestState.FINISHED
+        req.stop_reason = reason
+        req.finish_time = now
+        self.running.remove(req)
+        view = self.view(now)
+        ttl = self.policy.retain(req, view)
+        if ttl is not None and ttl > 0:
+            n_full = min(req.num_computed // self.kv.block_size, len(req.blocks))
+            if n_full:
+                self.kv.pin(req.blocks[:n_full], now + ttl, owner=req.program, tag="retain")
+        self.kv.free(req)
+        self.policy.on_finish(req, view)
+
+
+def _chunk(req: Request, remaining: int, budget: int, cap: int) -> int:
+    """Tokens to compute for ``req`` this step: a resumed interrupted chunk keeps its size."""
+    if req.resume_tokens and req.resume_tokens <= min(remaining, budget):
+        return req.resume_tokens
+    n = remaining if remaining < budget else budget
+    if cap and n > cap:
+        n = cap
+    return n
+
+
+def _cached_among(kv: KVCache, hits: list[int]) -> int:
+    """Hits that sit in the evictable LRU count as free until we take them: add them back."""
+    return sum(1 for b in hits if kv.ref[b] == 0)

@@ -1,0 +1,461 @@
+"""``sluice perf fit``: measured kernel timings -> per-GPU efficiency coefficients.
+
+Two stages, both here so the data path is readable end to end:
+
+1. ``extract(shared)`` turns the raw measured datasets (AIConfigurator per-kernel vLLM timings,
+   Vidur per-op profiles, LLMServingSim in-vLLM layer profiles) into small uniform tables in
+   ``sluice/data/perf/measured/`` (committed, with licences), one per operator class:
+   ``gemm``, ``attn`` (prefill, decode and mixed batches), ``moe``, ``allreduce``. Times are
+   seconds per call of one layer's operator on one GPU; shapes are per GPU (after TP).
+2. ``fit_gpu(tables)`` fits :class:`Coeffs` for one GPU by minimising the mean absolute log
+   error (a symmetric stand-in for MAPE) with coordinate search (GEMM/MoE efficiency curves)
+   and weighted linear least squares (attention, all-reduce), using exactly the formulas the
+   runtime uses (``vec_*`` below mirror ``roofline.StepCostModel``; a test checks they agree).
+
+GPUs without measurements get a *prior*: the median of the fitted GPUs' coefficients.
+The end-to-end runs (llmservingsim/bench) are never read here.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from sluice.perf.fitted import coeffs_path, coeffs_to_dict
+from sluice.perf.hardware import GPUS, GPUSpec
+from sluice.perf.roofline import _LOG2_KNOTS, Coeffs
+
+MEASURED = coeffs_path().parent / "measured"
+TABLES = {
+    "gemm": ["source", "gpu", "model", "m", "n", "k", "time_s"],
+    "attn": ["source", "gpu", "model", "p_seqs", "p_new", "p_ctx", "d_seqs", "d_ctx", "heads",
+             "kv_heads", "head_dim", "time_s"],
+    "moe": ["source", "gpu", "model", "tokens", "hidden", "inter", "topk", "experts", "touched",
+            "time_s"],
+    "allreduce": ["source", "gpu", "model", "n_gpus", "nbytes", "time_s"],
+}
+_AIC_GPU = {"h100_sxm": ("h100", "0.19.0"), "a100_sxm": ("a100-80g", "0.14.0"),
+            "l40s": ("l40s", "0.14.0")}
+_VIDUR_GPU = {"a100": "a100-80g", "h100": "h100", "a40": "a40"}
+_PROF_GPU = {"RTX4090": "rtx-4090", "RTXPRO6000": "rtx-pro-6000"}
+_POW2 = {1 << i for i in range(16)}
+
+
+# ---- stage 1: extraction ----------------------------------------------------------------------
+def _rows_gz(path: Path) -> Iterable[dict[str, str]]:
+    with gzip.open(path, "rt", newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _rows(path: Path) -> Iterable[dict[str, str]]:
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _aic(shared: Path, out: dict[str, list[list[Any]]]) -> None:
+    base = shared / "groundtruth" / "aiconfigurator" / "systems-data"
+    for sku, (gpu, ver) in _AIC_GPU.items():
+        for r in _rows_gz(base / sku / "gemm" / "vllm" / ver / "gemm_perf.csv.gz"):
+            m = int(r["m"])
+            if r["gemm_dtype"] == "bfloat16" and (m in _POW2 or m in (48, 96, 192, 384, 768)):
+                out["gemm"].append(["aic", gpu, f"grid:{r['n']}x{r['k']}", m, int(r["n"]),
+                                    int(r["k"]), float(r["latency"]) / 1e3])
+        att = base / sku / "attention" / "vllm" / ver
+        for r in _rows_gz(att / "context_attention_perf.csv.gz"):
+            if r["kv_cache_dtype"] != "bfloat16" or r.get("window_size", "0") not in ("0", ""):
+                continue
+            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}",
+                                int(r["batch_size"]), int(r["isl"]), 0, 0, 0, int(r["num_heads"]),
+                                int(r["num_key_value_heads"]), int(r["head_dim"]),
+                                float(r["latency"]) / 1e3])
+        for r in _rows_gz(att / "generation_attention_perf.csv.gz"):
+            if r["kv_cache_dtype"] != "bfloat16" or r.get("window_size", "0") not in ("0", ""):
+                continue
+            ctx = int(r["isl"]) + int(r["step"])
+            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}",
+                                0, 0, 0, int(r["batch_size"]), ctx, int(r["num_heads"]),
+                                int(r["num_key_value_heads"]), int(r["head_dim"]),
+                                float(r["latency"]) / 1e3])
+        for r in _rows_gz(base / sku / "moe" / "vllm" / ver / "moe_perf.csv.gz"):
+            if r["moe_dtype"] != "bfloat16" or r["distribution"] != "balanced" or r["moe_ep_size"] != "1":
+                continue
+            tp = int(r["moe_tp_size"])
+            out["moe"].append(["aic", gpu, f"grid:{r['hidden_size']}x{r['inter_size']}e{r['num_experts']}",
+                               int(r["num_tokens"]), int(r["hidden_size"]), int(r["inter_size"]) // tp,
+                               int(r["topk"]), int(r["num_experts"]),
+                               min(int(r["num_experts"]), int(r["num_tokens"]) * int(r["topk"])),
+                               float(r["latency"]) / 1e3])
+        ar = base / sku / "comm" / "vllm" / ver / "custom_allreduce_perf.csv.gz"
+        for r in _rows_gz(ar):
+            if r["backend"] == "vllm_graph" and r["allreduce_dtype"] == "bfloat16":
+                out["allreduce"].append(["aic", gpu, "grid", int(r["num_gpus"]),
+                                         2 * int(r["message_size"]), float(r["latency"]) / 1e3])
+
+
+def _vidur(shared: Path, out: dict[str, list[list[Any]]]) -> None:
+    base = shared / "anchors" / "vidur-data" / "data" / "profiling"
+    ops = {"attn_pre_proj": "qkv", "attn_post_proj": "o", "mlp_up_proj": "up", "mlp_down_proj": "down"}
+    for gdir, gpu in _VIDUR_GPU.items():
+        for f in sorted((base / "compute" / gdir).glob("*/*/mlp.csv")):
+            model = f.parent.name.lower()
+            for r in _rows(f):
+                t = int(r["num_tokens"])
+                if t not in _POW2 and t % 256:
+                    continue
+                tp = int(r["num_tensor_parallel_workers"])
+                h, kvh, d = int(r["n_head"]), int(r["n_kv_head"]), int(r["n_embd"])
+                hd = d // h
+                inter = int(r["n_expanded_embd"])
+                gated = r["use_gated_mlp"] == "True"
+                shapes = {"qkv": ((h + 2 * kvh) * hd // tp, d), "o": (d, h * hd // tp),
+                          "up": ((2 if gated else 1) * inter // tp, d), "down": (d, inter // tp)}
+                for col, op in ops.items():
+                    v = r.get(f"time_stats.{col}.median", "")
+                    if v:
+                        n, k = shapes[op]
+                        out["gemm"].append(["vidur", gpu, model, t, n, k, float(v) / 1e3])
+    for r in _rows(base / "a100" / "attention.csv"):
+        tp = int(r["num_tensor_parallel_workers"])
+        h, kvh = int(r["n_q_head"]) // tp, max(int(r["n_kv_head"]) // tp, 1)
+        hd = int(r["n_embd"]) // int(r["n_q_head"])
+        b, ctx = int(r["batch_size"]), int(r["kv_cache_size"])
+        if r["is_prefill"] == "True":
+            v = r["time_stats.attn_prefill.median"]
+            row = [1, int(r["prefill_chunk_size"]), ctx, 0, 0]
+        else:
+            v = r["time_stats.attn_decode.median"]
+            row = [0, 0, 0, b, ctx]
+        if v and (b in _POW2) and (ctx in _POW2 or ctx % 512 == 0):
+            out["attn"].append(["vidur", "a100-80g", "llama-2-70b", *row, h, kvh, hd, float(v) / 1e3])
+
+
+_PROF_MODELS = {"Llama-3.1-8B": "llama-3.1-8b", "Qwen3-32B": "qwen3-32b",
+                "Qwen3-30B-A3B-Instruct-2507": "qwen3-30b-a3b"}
+
+
+def _profiles(shared: Path, out: dict[str, list[list[Any]]]) -> None:
+    from sluice.perf.models import load_arch
+
+    base = shared / "groundtruth" / "llmservingsim" / "profiles-v1"
+    for hw, gpu in _PROF_GPU.items():
+        for mdir in sorted((base / hw).glob("*/*/bf16")):
+            model = _PROF_MODELS[mdir.parent.name]
+            a = load_arch(model)
+            for tpdir in sorted(mdir.glob("tp*")):
+                tp = int(tpdir.name[2:])
+                ffn = a.intermediate if not a.is_moe else 0
+                shapes = {"qkv_proj": ((a.q_dim + 2 * a.kv_dim) // tp, a.hidden),
+                          "o_proj": (a.hidden, a.q_dim // tp)}
+                if ffn:
+                    shapes |= {"gate_up_proj": (2 * ffn // tp, a.hidden), "down_proj": (a.hidden, ffn // tp)}
+                for r in _rows_gz(tpdir / "dense.csv.gz"):
+                    t = int(r["tokens"])
+                    if r["layer"] in shapes and (t in _POW2 or t % 256 == 0):
+                        n, k = shapes[r["layer"]]
+                        out["gemm"].append(["prof", gpu, model, t, n, k, float(r["time_us"]) / 1e6])
+                for r in _rows_gz(tpdir / "per_sequence.csv.gz"):
+                    s = int(r["sequences"])
+                    if r["layer"] == "lm_head" and s in _POW2:
+                        out["gemm"].append(["prof", gpu, model, s, a.vocab // tp, a.hidden,
+                                            float(r["time_us"]) / 1e6])
+                h, kvh = a.num_heads // tp, max(a.num_kv_heads // tp, 1)
+                for i, r in enumerate(_rows_gz(tpdir / "attention.csv.gz")):
+                    if i % 4:
+                        continue  # the grid is dense; a quarter keeps every regime
+                    pc, kp = int(r["prefill_chunk"]), int(r["kv_prefill"])
+                    nd, kd = int(r["n_decode"]), int(r["kv_decode"])
+                    out["attn"].append(["prof", gpu, model, 1 if pc else 0, pc, kp if pc else 0, nd,
+                                        kd if nd else 0, h, kvh, a.head_dim, float(r["time_us"]) / 1e6])
+                moe = tpdir / "moe.csv.gz"
+                if moe.is_file():
+                    for r in _rows_gz(moe):
+                        out["moe"].append(["prof", gpu, model, int(r["tokens"]), a.hidden,
+                                           a.moe_intermediate // tp, a.top_k, a.num_experts,
+                                           int(r["activated_experts"]), float(r["time_us"]) / 1e6])
+
+
+def extract(shared: Path, dest: Path = MEASURED) -> dict[str, int]:
+    """Write the compact measured tables from the raw datasets; returns row counts."""
+    out: dict[str, list[list[Any]]] = {k: [] for k in TABLES}
+    _aic(shared, out)
+    _vidur(shared, out)
+    _profiles(shared, out)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, cols in TABLES.items():
+        with gzip.GzipFile(dest / f"{name}.csv.gz", "wb", mtime=0) as gz:
+            text = "\n".join([",".join(cols)] + [",".join(_fmt(v) for v in row) for row in out[name]])
+            gz.write((text + "\n").encode())
+    return {k: len(v) for k, v in out.items()}
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+# ---- loading --------------------------------------------------------------------------------
+class Table:
+    """Columns of one measured table as numpy arrays (strings stay object arrays)."""
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        self.cols = cols
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        return self.cols[k]
+
+    def __len__(self) -> int:
+        return len(self.cols["time_s"])
+
+    def where(self, mask: np.ndarray) -> "Table":
+        return Table({k: v[mask] for k, v in self.cols.items()})
+
+
+def load_tables(src: Path = MEASURED) -> dict[str, Table]:
+    tables = {}
+    for name, cols in TABLES.items():
+        with gzip.open(src / f"{name}.csv.gz", "rt", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        data: dict[str, np.ndarray] = {}
+        for i, c in enumerate(cols):
+            vals = [r[i] for r in rows]
+            data[c] = np.array(vals, dtype=object) if c in ("source", "gpu", "model") \
+                else np.array(vals, dtype=np.float64)
+        tables[name] = Table(data)
+    return tables
+
+
+# ---- vectorised mirrors of the runtime formulas ---------------------------------------------
+def _eff(m: np.ndarray, table: tuple[float, ...]) -> np.ndarray:
+    x = np.log2(np.maximum(m, 1.0))
+    return np.interp(x, np.asarray(_LOG2_KNOTS), np.asarray(table))
+
+
+def vec_gemm(g: GPUSpec, c: Coeffs, m, n, k, wb: int = 2) -> np.ndarray:
+    t_c = 2.0 * m * n * k / (g.flops_bf16 * _eff(m, c.gemm_eff))
+    t_m = (n * k * wb + 2.0 * m * (n + k)) / (g.mem_bw * c.gemm_mem_eff)
+    return np.maximum(t_c, t_m) + c.gemm_launch
+
+
+def vec_moe(g: GPUSpec, c: Coeffs, tokens, hidden, inter, topk, experts, touched=None,
+            wb: int = 2) -> np.ndarray:
+    """``touched`` = experts that got tokens; None = expectation under uniform routing."""
+    if touched is None:
+        touched = experts * (1.0 - (1.0 - topk / experts) ** tokens)
+    pairs = tokens * topk
+    params = 3.0 * hidden * inter
+    t_c = 2.0 * pairs * params / (g.flops_bf16 * _eff(pairs / touched, c.moe_eff))
+    t_m = (touched * params * wb + 4.0 * pairs * hidden * 2) / (g.mem_bw * c.moe_mem_eff)
+    return np.maximum(t_c, t_m) + c.moe_launch
+
+
+def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarray]:
+    """Per-layer attention work of each row: query-key pairs, KV bytes read, sequences."""
+    p_seqs, n, ctx = t["p_seqs"], t["p_new"], t["p_ctx"]
+    pairs = p_seqs * (n * ctx + n * (n + 1) / 2)
+    kv_tok = 2.0 * t["kv_heads"] * t["head_dim"] * kv_bytes
+    return {"pflop": 4.0 * pairs * t["heads"] * t["head_dim"] / g.flops_bf16,
+            "pwork": t["heads"] * p_seqs * n / 256.0, "mixed": ((p_seqs > 0) & (t["d_seqs"] > 0)) * 1.0,
+            "pctx": p_seqs * ctx * kv_tok / g.mem_bw, "pseq": p_seqs, "any_p": (p_seqs > 0) * 1.0,
+            "dbytes": t["d_seqs"] * t["d_ctx"] * kv_tok / g.mem_bw, "dseq": t["d_seqs"],
+            "any_d": (t["d_seqs"] > 0) * 1.0}
+
+
+def vec_attn(g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
+    f = attn_features(g, t)
+    pre = f["pflop"] / _eff(f["pwork"], c.pattn_eff) + f["pctx"] / c.dattn_mem_eff \
+        + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
+    mult = 1.0 + (c.mix_dec_factor - 1.0) * f["mixed"]
+    dec = f["dbytes"] / c.dattn_mem_eff * mult + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"] \
+        + c.mix_dseq * f["dseq"] * f["mixed"]
+    return pre + dec
+
+
+def vec_allreduce(g: GPUSpec, c: Coeffs, n_gpus, nbytes) -> np.ndarray:
+    ring = 2.0 * (n_gpus - 1) / n_gpus * nbytes
+    return c.ar_latency + ring / (g.link_bw * c.ar_eff)
+
+
+def predict(op: str, g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
+    if op == "gemm":
+        return vec_gemm(g, c, t["m"], t["n"], t["k"])
+    if op == "moe":
+        return vec_moe(g, c, t["tokens"], t["hidden"], t["inter"], t["topk"], t["experts"], t["touched"])
+    if op == "attn":
+        return vec_attn(g, c, t)
+    return vec_allreduce(g, c, t["n_gpus"], t["nbytes"])
+
+
+# ---- stage 2: fitting -----------------------------------------------------------------------
+def _loss(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.log(pred / meas))))
+
+
+def _search(c: Coeffs, name: str, idx: int | None, grid: np.ndarray, f) -> Coeffs:
+    """Pick the grid value of one coefficient (or one knot) that minimises ``f(coeffs)``."""
+    best, best_c = math.inf, c
+    for v in grid:
+        if idx is None:
+            cand = _replace(c, **{name: float(v)})
+        else:
+            tab = list(getattr(c, name))
+            tab[idx] = float(v)
+            cand = _replace(c, **{name: tuple(tab)})
+        loss = f(cand)
+        if loss < best:
+            best, best_c = loss, cand
+    return best_c
+
+
+def _replace(c: Coeffs, **kw: Any) -> Coeffs:
+    d = {f.name: getattr(c, f.name) for f in fields(Coeffs)}
+    d.update(kw)
+    return Coeffs(**d)
+
+
+MAX_STEP = 1.6  # efficiency may at most x1.6 per doubling of size: more work never costs less
+
+
+def _monotone(tab: tuple[float, ...]) -> tuple[float, ...]:
+    """Efficiency never drops as the work grows, and never rises faster than the work, so the
+    time of an operator is non-decreasing in its size (tests check monotone step times)."""
+    out = list(tab)
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1])
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = max(out[i], out[i + 1] / MAX_STEP)
+    return tuple(out)
+
+
+def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, launch: str) -> Coeffs:
+    if len(t) == 0:
+        return c
+    meas = t["time_s"]
+
+    def f(cc: Coeffs) -> float:
+        return _loss(predict(op, g, cc, t), meas)
+
+    eff_grid = np.geomspace(0.005, 1.3, 60)
+    for _ in range(3):
+        c = _search(c, mem, None, np.linspace(0.3, 1.2, 46), f)
+        c = _search(c, launch, None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), f)
+        for i in range(len(_LOG2_KNOTS)):
+            c = _search(c, curve, i, eff_grid, f)
+        c = _replace(c, **{curve: _monotone(getattr(c, curve))})
+    return c
+
+
+def _wls(cols: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Least squares on relative error (rows weighted by 1/y), coefficients clipped at >= 0."""
+    a = np.stack(cols, axis=1) / y[:, None]
+    sol, *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    return np.maximum(sol, 0.0)
+
+
+def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
+    """Decode (linear), then prefill (efficiency curve), then the mixed-batch decode penalty."""
+    f = attn_features(g, t)
+    y = t["time_s"]
+    dec = (t["p_seqs"] == 0) & (t["d_seqs"] > 0)
+    pre = (t["p_seqs"] > 0) & (t["d_seqs"] == 0)
+    mix = (t["p_seqs"] > 0) & (t["d_seqs"] > 0)
+    if dec.sum() >= 4:
+        s = _wls([f["dbytes"][dec], f["any_d"][dec], f["dseq"][dec]], y[dec])
+        c = _replace(c, dattn_mem_eff=1.0 / max(s[0], 1.0 / 1.3), dattn_launch=float(s[1]),
+                     dattn_seq=float(s[2]))
+    if pre.sum() >= 4:
+        tp_ = t.where(pre)
+
+        def loss(cc: Coeffs) -> float:
+            return _loss(vec_attn(g, cc, tp_), tp_["time_s"])
+
+        grid = np.geomspace(0.01, 1.3, 50)
+        for _ in range(3):
+            c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
+            c = _search(c, "pattn_seq", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-4, 40)]), loss)
+            for i in range(len(_LOG2_KNOTS)):
+                c = _search(c, "pattn_eff", i, grid, loss)
+            c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
+    if mix.sum() >= 4:
+        tm = t.where(mix)
+        fm = attn_features(g, tm)
+        base = vec_attn(g, _replace(c, mix_dec_factor=1.0, mix_dseq=0.0), tm) - fm["dbytes"] / c.dattn_mem_eff
+        rest = tm["time_s"] - base
+        s = _wls([fm["dbytes"] / c.dattn_mem_eff, fm["dseq"]], np.maximum(rest, 0.05 * tm["time_s"]))
+        c = _replace(c, mix_dec_factor=max(float(s[0]), 1.0), mix_dseq=float(s[1]))
+    return c
+
+
+def _fit_allreduce(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
+    if len(t) < 3:
+        return c
+    ring = 2.0 * (t["n_gpus"] - 1) / t["n_gpus"] * t["nbytes"] / g.link_bw
+    s = _wls([np.ones(len(t)), ring], t["time_s"])
+    return _replace(c, ar_latency=float(s[0]), ar_eff=1.0 / max(s[1], 1.0 / 1.5))
+
+
+def fit_gpu(tables: dict[str, Table], gpu: str, start: Coeffs) -> Coeffs:
+    """Coefficients for ``gpu`` from the rows measured on it (others keep ``start``)."""
+    g = GPUS[gpu]
+    sub = {k: v.where(v["gpu"] == gpu) for k, v in tables.items()}
+    c = _fit_curve(start, sub["gemm"], g, "gemm", "gemm_eff", "gemm_mem_eff", "gemm_launch")
+    c = _fit_curve(c, sub["moe"], g, "moe", "moe_eff", "moe_mem_eff", "moe_launch")
+    c = _fit_attn(c, sub["attn"], g)
+    return _fit_allreduce(c, sub["allreduce"], g)
+
+
+def prior_from(fitted: dict[str, Coeffs], start: Coeffs) -> Coeffs:
+    """Median of fitted GPUs' coefficients: what an unmeasured GPU gets."""
+    if not fitted:
+        return start
+    kw: dict[str, Any] = {}
+    for f in fields(Coeffs):
+        vals = [getattr(c, f.name) for c in fitted.values()]
+        if isinstance(vals[0], tuple):
+            kw[f.name] = tuple(float(x) for x in np.median(np.array(vals), axis=0))
+        else:
+            kw[f.name] = float(np.median(vals))
+    for f in ("step_overhead", "seq_overhead", "elementwise_eff", "scale"):
+        kw[f] = getattr(start, f)
+    return Coeffs(**kw)
+
+
+def measured_gpus(tables: dict[str, Table]) -> list[str]:
+    return sorted({str(x) for t in tables.values() for x in t["gpu"]})
+
+
+def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = None
+            ) -> tuple[dict[str, Coeffs], dict[str, Coeffs]]:
+    """Per-GPU fits and per-architecture-family priors (``default`` = all GPUs)."""
+    fitted = {g: fit_gpu(tables, g, start) for g in measured_gpus(tables) if g != exclude_gpu}
+    priors = {"default": prior_from(fitted, start)}
+    for fam in sorted({GPUS[g].arch for g in fitted}):
+        priors[fam] = prior_from({g: c for g, c in fitted.items() if GPUS[g].arch == fam}, start)
+    return fitted, priors
+
+
+def split_key(model: str) -> float:
+    """Deterministic pseudo-random number in [0, 1) per model/shape tag (for held-out splits)."""
+    return int(hashlib.sha256(model.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def run_fit(shared: Path | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Extract (when ``shared`` is given), fit on all measured rows, write coeffs.json."""
+    from sluice.perf.fitted import PRIOR
+
+    counts = extract(shared) if shared is not None else None
+    tables = load_tables()
+    fitted, priors = fit_all(tables, PRIOR)
+    doc = {"comment": "written by `sluice perf fit`; efficiencies are fractions of hardware.py peaks",
+           "gpus": {g: coeffs_to_dict(c) for g, c in fitted.items()},
+           "priors": {f: coeffs_to_dict(c) for f, c in priors.items()}}
+    path = out or coeffs_path()
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return {"written": str(path), "gpus": sorted(fitted), "rows": counts or
+            {k: len(v) for k, v in tables.items()}}

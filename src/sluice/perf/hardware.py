@@ -1,0 +1,87 @@
+"""GPU specifications: the peak numbers a roofline needs.
+
+Why a table and not a query: simulations must run on a laptop without the GPU they model, so
+the numbers are data. Peaks are *dense* (no 2:4 sparsity) tensor-core throughput; the fitted
+model learns how far below peak real kernels run. ``mem_bytes`` is what the driver reports as
+total memory (``torch.cuda.mem_get_info``), which is what vLLM multiplies by
+``gpu_memory_utilization``; where we know a measured value we use it, otherwise the marketing
+capacity in GiB minus the ~0.6 GiB the driver reserves.
+
+Sources (checked 2026):
+* A100: NVIDIA A100 Tensor Core GPU datasheet (312 TFLOPS BF16 dense; 1,555 GB/s (40 GB) and
+  2,039 GB/s (80 GB SXM) HBM2e; NVLink 600 GB/s bidirectional).
+* H100 SXM / PCIe: NVIDIA H100 datasheet (989.5 / 756 TFLOPS BF16 dense, 1,979 / 1,513 FP8;
+  3.35 / 2.0 TB/s; NVLink 900 / 600 GB/s bidirectional).
+* H200: NVIDIA H200 datasheet (same compute as H100 SXM, 141 GB HBM3e at 4.8 TB/s).
+* B200: NVIDIA DGX/HGX B200 datasheet (2.25 PFLOPS BF16 dense, 4.5 PFLOPS FP8 dense, 180 GB
+  HBM3e at 7.7-8 TB/s, NVLink 5 1.8 TB/s).
+* L40S: NVIDIA L40S datasheet (362 TFLOPS BF16 dense, 733 FP8 dense, 48 GB GDDR6 864 GB/s,
+  PCIe Gen4 x16, no NVLink).
+* A40: NVIDIA A40 datasheet (149.7 TFLOPS BF16 dense, 48 GB GDDR6 696 GB/s, NVLink bridge
+  112.5 GB/s).
+* RTX 4090: NVIDIA Ada Lovelace architecture whitepaper, appendix (165.2 TFLOPS FP16/BF16 with
+  FP32 accumulate dense, 330 FP8 dense, 24 GB GDDR6X at 1,008 GB/s); total memory 25,250,627,584
+  bytes as measured in the LLMServingSim RTX 4090 run metadata.
+* RTX PRO 6000 Blackwell: NVIDIA RTX PRO 6000 Blackwell datasheet / Blackwell RTX whitepaper
+  (~504 TFLOPS BF16 dense, ~1,008 FP8 dense, 96 GB GDDR7 at 1,792 GB/s, PCIe Gen5 x16).
+* Host<->device copies: PCIe Gen4 x16 ~25 GB/s, Gen5 x16 ~50 GB/s achieved (pinned memory).
+* cpu: a rough figure for the torch engine on a small shared x86 host (a few AVX2 cores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sluice.errors import unknown_name
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class GPUSpec:
+    """Peak numbers of one device. Bandwidths in bytes/s, FLOP/s dense."""
+
+    name: str
+    flops_bf16: float
+    flops_fp8: float  # 0 where the device has no FP8 tensor cores
+    mem_bw: float  # device memory bandwidth
+    mem_bytes: int  # total device memory as the driver reports it
+    link_bw: float  # GPU<->GPU bandwidth per direction (NVLink, else PCIe)
+    host_bw: float  # GPU<->host copy bandwidth (swap)
+    nvlink: bool
+    arch: str  # "ampere", "ada", "hopper", "blackwell", "cpu"
+
+
+def _gib(x: float) -> int:
+    return int(x * GiB)
+
+
+GPUS: dict[str, GPUSpec] = {
+    "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere"),
+    "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere"),
+    "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper"),
+    "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper"),
+    "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper"),
+    "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell"),
+    "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada"),
+    "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere"),
+    "rtx-4090": GPUSpec("rtx-4090", 165.2e12, 330.3e12, 1.008e12, 25_250_627_584, 25e9, 25e9, False, "ada"),
+    "rtx-pro-6000": GPUSpec("rtx-pro-6000", 503.8e12, 1007.6e12, 1.792e12, _gib(94.97), 50e9, 50e9, False,
+                            "blackwell"),
+    "cpu": GPUSpec("cpu", 0.2e12, 0.0, 20e9, _gib(16), 10e9, 10e9, False, "cpu"),
+}
+
+ALIASES: dict[str, str] = {
+    "h100-sxm": "h100", "h100_sxm": "h100", "h100-80g": "h100", "a100": "a100-80g",
+    "a100_sxm": "a100-80g", "a100-sxm": "a100-80g", "a100-80": "a100-80g", "rtx4090": "rtx-4090",
+    "rtxpro6000": "rtx-pro-6000", "rtx-pro-6000-blackwell": "rtx-pro-6000",
+}
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """Spec by short name (case-insensitive); unknown names list the valid ones."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in GPUS:
+        raise unknown_name("GPU", name, list(GPUS))
+    return GPUS[key]

@@ -1,0 +1,250 @@
+"""Step cost as a sum of operator costs, each bounded by compute and by memory traffic.
+
+Why one class for roofline, fitted and calibrated models: they differ only in the numbers
+(:class:`Coeffs`) that turn FLOPs and bytes into seconds. The roofline is ``Coeffs()`` with
+every efficiency at 1 and no overheads; the fitted model supplies efficiencies measured on
+kernels; a calibration rescales the result. Keeping one code path is what makes
+``decode_run`` bit-identical to ``step_time`` (PerfModel contract): a decode-only step is
+``fixed(batch) + slope * ctx`` in both, with the same float operations in the same order.
+
+Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
+
+* dense GEMMs (qkv, o, gate/up, down, lm_head) for ``T`` tokens: ``max(flops/(P*e(T)),
+  bytes/(BW*e_mem)) + launch``; ``e(T)`` is piecewise-linear in log2(T) (small-M GEMMs cannot
+  fill the tensor cores);
+* MoE: routed-expert FLOPs for ``T*top_k`` token-expert pairs and the weights of the experts
+  touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
+* attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus KV read of the cached
+  context; decode reads ``decode_ctx`` tokens of KV, plus a per-sequence cost;
+* TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
+* per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sluice.core.plan import BatchStats
+from sluice.perf.hardware import GPUSpec
+from sluice.perf.models import ModelArch
+
+_LOG2_KNOTS: tuple[float, ...] = tuple(float(i) for i in range(0, 16))  # M = 1 .. 32768
+
+
+@dataclass(slots=True)
+class Coeffs:
+    """Efficiencies (fractions of peak) and overheads (seconds). Defaults = pure roofline."""
+
+    gemm_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff at M=2**knot
+    gemm_mem_eff: float = 1.0
+    gemm_launch: float = 0.0  # per GEMM call
+    moe_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff vs token-expert pairs/expert
+    moe_mem_eff: float = 1.0
+    moe_launch: float = 0.0  # per MoE layer
+    pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # FLOP eff at heads*tokens = 256*2**knot
+    pattn_seq: float = 0.0  # per prefill chunk per layer
+    pattn_launch: float = 0.0  # per layer when any prefill
+    dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
+    dattn_seq: float = 0.0  # per decode sequence per layer
+    dattn_launch: float = 0.0  # per layer when any decode
+    mix_dec_factor: float = 1.0  # decode KV read cost multiplier inside a mixed prefill+decode batch
+    mix_dseq: float = 0.0  # extra per decode sequence per layer inside a mixed batch
+    ar_latency: float = 0.0  # per all-reduce call
+    ar_eff: float = 1.0  # fraction of link bandwidth
+    elementwise_eff: float = 1.0  # norms, rope, activation: bytes moved vs bandwidth
+    step_overhead: float = 0.0  # per step (scheduler, launch, python)
+    seq_overhead: float = 0.0  # per sequence in the step (input prep, sampling)
+    scale: float = 1.0  # calibration multiplier on the whole step
+
+
+def _interp_log2(m: float, table: tuple[float, ...]) -> float:
+    """Piecewise-linear lookup in log2(m), clamped at the ends (called once per distinct T)."""
+    if m <= 1.0:
+        return table[0]
+    x = math.log2(m)
+    if x >= _LOG2_KNOTS[-1]:
+        return table[-1]
+    i = int(x)
+    f = x - i
+    return table[i] * (1.0 - f) + table[i + 1] * f
+
+
+@dataclass(slots=True)
+class _Shapes:
+    """Per-GPU GEMM shapes (N, K) of one layer and of the lm_head."""
+
+    layer: list[tuple[int, int]] = field(default_factory=list)
+    lm_head: tuple[int, int] = (0, 0)
+
+
+class StepCostModel:
+    """A PerfModel for (model, GPU, TP) given :class:`Coeffs`."""
+
+    def __init__(self, arch: ModelArch, gpu: GPUSpec, tp: int, coeffs: Coeffs, *, name: str,
+                 max_model_len: int, kv_blocks_fn=None) -> None:
+        self.arch, self.gpu, self.tp, self.c = arch, gpu, tp, coeffs
+        self.name = name
+        self.num_layers = arch.num_layers
+        self.max_model_len = max_model_len
+        self.kv_bytes_per_token = arch.kv_bytes_per_token()
+        self._kv_blocks_fn = kv_blocks_fn
+        self.block_size = 16  # for pricing swapped blocks; set by kv_capacity_blocks
+        self._peak = gpu.flops_fp8 if (arch.weight_bytes == 1 and gpu.flops_fp8) else gpu.flops_bf16
+        self._attn_peak = gpu.flops_bf16
+        self._cache: dict[tuple[float, int], float] = {}
+        self._kv_heads_gpu = max(arch.num_kv_heads // tp, 1)  # vLLM replicates KV heads if tp > kv
+        kv_layer_gpu = 2 * self._kv_heads_gpu * arch.head_dim * arch.kv_bytes  # per token, layer, GPU
+        self._shapes = self._gemm_shapes()
+        self._kv_layer_gpu = kv_layer_gpu
+        L = arch.num_layers
+        self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
+        self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
+        self._pattn_flop = L * 4.0 * arch.q_dim / tp / self._attn_peak
+        self._heads_gpu = arch.num_heads // tp
+        self._mix_slope = self._dec_slope * coeffs.mix_dec_factor
+
+    # ---- static parts -------------------------------------------------------------------
+    def _gemm_shapes(self) -> _Shapes:
+        a, tp = self.arch, self.tp
+        s = _Shapes()
+        qkv = a.q_dim // tp + 2 * self._kv_heads_gpu * a.head_dim
+        s.layer.append((qkv, a.hidden))  # qkv (column parallel)
+        s.layer.append((a.hidden, a.q_dim // tp))  # o (row parallel)
+        inter = a.shared_intermediate if a.is_moe else a.intermediate
+        if inter:
+            s.layer.append((2 * inter // tp, a.hidden))  # gate+up fused
+            s.layer.append((a.hidden, inter // tp))  # down
+        if a.is_moe:
+            s.layer.append((a.num_experts, a.hidden))  # router (replicated)
+        s.lm_head = (a.vocab // tp, a.hidden)
+        return s
+
+    def gemm_time(self, m: float, n: int, k: int) -> float:
+        """One GEMM of (m x k) @ (k x n) on this GPU."""
+        if m <= 0:
+            return 0.0
+        c = self.c
+        wb = self.arch.weight_bytes
+        flops = 2.0 * m * n * k
+        eff = _interp_log2(m, c.gemm_eff)
+        t_c = flops / (self._peak * eff)
+        t_m = (n * k * wb + 2.0 * m * (n + k)) / (self.gpu.mem_bw * c.gemm_mem_eff)
+        return (t_c if t_c > t_m else t_m) + c.gemm_launch
+
+    def moe_time(self, tokens: float) -> float:
+        """Routed experts of one layer for ``tokens`` tokens (weights sharded ``tp`` ways)."""
+        a, c = self.arch, self.c
+        if not a.is_moe or tokens <= 0:
+            return 0.0
+        e, k = a.num_experts, a.top_k
+        touched = e * (1.0 - (1.0 - k / e) ** tokens)
+        pairs = tokens * k
+        per_expert = pairs / touched
+        flops = 2.0 * pairs * a.expert_params() / self.tp
+        eff = _interp_log2(per_expert, c.moe_eff)
+        t_c = flops / (self._peak * eff)
+        bytes_ = touched * a.expert_params() * a.weight_bytes / self.tp + 4.0 * pairs * a.hidden * 2
+        t_m = bytes_ / (self.gpu.mem_bw * c.moe_mem_eff)
+        return (t_c if t_c > t_m else t_m) + c.moe_launch
+
+    def allreduce_time(self, tokens: float) -> float:
+        """One all-reduce of ``tokens x hidden`` bf16 activations across ``tp`` GPUs."""
+        if self.tp <= 1 or tokens <= 0:
+            return 0.0
+        nbytes = tokens * self.arch.hidden * 2.0
+        ring = 2.0 * (self.tp - 1) / self.tp * nbytes
+        return self.c.ar_latency + ring / (self.gpu.link_bw * self.c.ar_eff)
+
+    def elementwise_time(self, tokens: float) -> float:
+        """Norms, rotary, activation, residual adds of one layer: memory-bound passes."""
+        a = self.arch
+        nbytes = tokens * 2.0 * (8 * a.hidden + (a.q_dim + 2 * a.kv_dim) / self.tp * 2
+                                 + 3 * (a.shared_intermediate if a.is_moe else a.intermediate) / self.tp)
+        return nbytes / (self.gpu.mem_bw * self.c.elementwise_eff)
+
+    def token_time(self, tokens: float, seqs: int) -> float:
+        """Everything that depends only on the token and sequence counts (cached per key)."""
+        key = (tokens, seqs)
+        t = self._cache.get(key)
+        if t is not None:
+            return t
+        c = self.c
+        layer = 0.0
+        for n, k in self._shapes.layer:
+            layer += self.gemm_time(tokens, n, k)
+        layer += self.moe_time(tokens)
+        layer += 2.0 * self.allreduce_time(tokens)
+        layer += self.elementwise_time(tokens)
+        n, k = self._shapes.lm_head
+        t = self.num_layers * layer + self.gemm_time(seqs, n, k)
+        t += c.step_overhead + c.seq_overhead * seqs
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        self._cache[key] = t
+        return t
+
+    def prefill_attn_time(self, s: BatchStats) -> float:
+        c = self.c
+        eff = _interp_log2(self._heads_gpu * s.prefill_tokens / 256.0, c.pattn_eff)
+        flops_t = s.prefill_attn * self._pattn_flop / eff
+        ctx_t = s.prefill_ctx * self._pctx_slope
+        per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs)
+        return flops_t + ctx_t + per
+
+    def decode_fixed(self, seqs: int) -> float:
+        """Decode-attention cost independent of context length."""
+        if seqs <= 0:
+            return 0.0
+        c = self.c
+        return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs) * c.scale
+
+    # ---- PerfModel ------------------------------------------------------------------------
+    def step_time(self, stats: BatchStats) -> float:
+        seqs = stats.prefill_seqs + stats.decode_seqs
+        tokens = stats.prefill_tokens + stats.decode_seqs
+        if seqs == 0 and tokens <= 0:
+            return 0.0
+        fixed = self.token_time(tokens, seqs)
+        pre = self.prefill_attn_time(stats) if stats.prefill_seqs else 0.0
+        base = (fixed + pre) * self.c.scale
+        if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more
+            dec = (self.decode_fixed(stats.decode_seqs) + self._mix_slope * stats.decode_ctx
+                   + self.num_layers * self.c.mix_dseq * stats.decode_seqs * self.c.scale)
+        else:
+            dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
+        t = base + dec
+        if stats.swap_in_blocks or stats.swap_out_blocks:
+            t += self._swap_blocks_time(stats.swap_in_blocks + stats.swap_out_blocks)
+        return t
+
+    def decode_run(self, batch: int, ctx_sum: int, k: int) -> np.ndarray:
+        if k <= 0:
+            return np.zeros(0, dtype=np.float64)
+        if batch <= 0:
+            return np.zeros(k, dtype=np.float64)
+        fixed = self.token_time(batch + 0.0, batch)
+        base = (fixed + 0.0) * self.c.scale
+        ctx = (ctx_sum + np.arange(k, dtype=np.int64) * batch).astype(np.float64)
+        dec = self.decode_fixed(batch) + self._dec_slope * ctx
+        return base + dec
+
+    def _block_bytes(self) -> float:
+        return self.block_size * self.kv_bytes_per_token / self.tp
+
+    def _swap_blocks_time(self, blocks: int) -> float:
+        return blocks * self._block_bytes() / self.gpu.host_bw
+
+    def swap_time(self, blocks: int, contiguous_runs: int) -> float:
+        """PCIe copy of the blocks plus a per-run-per-layer copy launch (~5 us each)."""
+        if blocks <= 0:
+            return 0.0
+        return self._swap_blocks_time(blocks) + 5e-6 * max(contiguous_runs, 1) * self.num_layers
+
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        if self._kv_blocks_fn is None:
+            raise NotImplementedError("kv capacity needs a memory plan")
+        self.block_size = block_size
+        return self._kv_blocks_fn(block_size)

@@ -1,0 +1,128 @@
+"""Exact fast-forward of steady decode (DESIGN §4).
+
+When every running request is decoding, nothing waits, and no event can arrive before step
+``k`` ends, the next ``k`` steps are fully determined: same batch, context growing by one token
+per request per step. We price them with one vectorised ``decode_run`` call and apply their
+effects in the order the step-by-step path would (block allocations by (step, batch position),
+then hash commits, then finishes), so results are byte-identical with fast-forward off — a test
+asserts it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sluice.core.engine import Engine
+from sluice.core.request import Request
+
+MIN_STEPS = 2
+
+
+@dataclass(slots=True)
+class DecodeRun:
+    reqs: list[Request]
+    k: int
+    ends: np.ndarray  # end time of each of the k steps
+    allocs: list[tuple[int, int, int]]  # (step 1..k, batch index, tokens to cover)
+    eos_at: list[float]
+
+
+def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | None:
+    """A run of >= 2 decode steps starting at ``now`` that no event before ``horizon`` can
+    change, or None when the next step must be planned normally."""
+    sched = engine.scheduler
+    if sched.waiting or not sched.running or not engine.policy.fast_forward_safe:
+        return None
+    steps_to_eos = getattr(engine.executor, "steps_to_eos", None)
+    perf = getattr(engine.executor, "perf", None)
+    if steps_to_eos is None or perf is None or getattr(engine.executor, "noise", None):
+        return None
+    reqs = sched._running_order(now)
+    cfg = sched.cfg
+    if len(reqs) > cfg.max_num_batched_tokens:
+        return None
+    k_cap, eos_at = _steps_until_a_finish(reqs, steps_to_eos, cfg.max_model_len)
+    if k_cap < MIN_STEPS:
+        return None
+    allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)
+    if k_cap < MIN_STEPS:
+        return None
+    b = len(reqs)
+    ctx0 = sum(r.num_computed for r in reqs) + b
+    durations = perf.decode_run(b, ctx0, k_cap)
+    ends = np.cumsum(np.concatenate(([now], durations)))[1:]
+    if horizon < math.inf:
+        # an event at time <= ends[j] changes step j+1: stop after the first such step
+        j = int(np.searchsorted(ends, horizon, side="left"))
+        k_cap = min(k_cap, j + 1)
+    if k_cap < MIN_STEPS:
+        return None
+    allocs = [a for a in allocs if a[0] <= k_cap]
+    return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at)
+
+
+def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
+                          ) -> tuple[int, list[float]]:
+    k = math.inf
+    eos_at = []
+    for r in reqs:
+        eos = steps_to_eos(r)
+        eos_at.append(eos)
+        k = min(k, r.max_tokens - r.num_output, eos, max_len - r.num_tokens)
+    return (int(k) if k < math.inf else 1 << 30), eos_at
+
+
+def _block_allocations(reqs: list[Request], kv, k_cap: int
+                       ) -> tuple[list[tuple[int, int, int]], int]:
+    """New blocks the run needs, in step-by-step order; shortens the run to what fits."""
+    bs = kv.block_size
+    events: list[tuple[int, int, int]] = []
+    for i, r in enumerate(reqs):
+        c = r.num_computed
+        j = len(r.blocks) * bs + 1 - c  # first step whose token needs a new block
+        while j <= k_cap:
+            events.append((j, i, c + j))
+            j += bs
+    events.sort()
+    free = kv.num_free
+    if len(events) > free:
+        k_cap = min(k_cap, events[free][0] - 1)  # the step that would have to preempt
+        events = events[:free]
+    return events, k_cap
+
+
+def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
+    """Apply the run's effects at its end; returns requests that ended (in batch order)."""
+    sched = engine.scheduler
+    kv = engine.kv
+    k = run.k
+    for _j, i, total in run.allocs:
+        if not kv.allocate(run.reqs[i], total):  # pragma: no cover - guarded by planning
+            raise AssertionError("fast-forward allocation failed")
+    ends = run.ends
+    first_end = float(ends[0])
+    end = float(ends[-1])
+    itls = sched.itls
+    diffs = (ends[1:] - ends[:-1]) if k > 1 else ends[:0]
+    ended: list[Request] = []
+    max_len = sched.cfg.max_model_len
+    for r, eos in zip(run.reqs, run.eos_at):
+        r.num_computed += k
+        r.content.append_virtual(r.output_key, k)
+        r.num_tokens += k
+        r.num_output += k
+        itls.append(first_end - r.last_token)
+        r.last_token = end
+        kv.commit(r)
+        if r.num_output >= r.max_tokens or eos == k or r.num_tokens >= max_len:
+            ended.append(r)
+    if k > 1:
+        itls.extend(np.tile(diffs, len(run.reqs)).tolist())
+    engine.steps += k
+    for r in ended:
+        sched._finish(r, end, "stop" if run.eos_at[run.reqs.index(r)] == k else "length")
+    engine.policy.on_decode_run(run.reqs, k, sched.view(end))
+    return ended

@@ -1,0 +1,204 @@
+"""The discrete-event loop: virtual clock, event heap, one replica's steps (DESIGN §4).
+
+Events are arrivals (streamed from the workload, never all in memory), follow-up arrivals
+(agent turns after their tool time, pushed on the heap), and the end of the step in flight.
+Order at equal times is fixed: the step ending at ``t`` is applied first, then every event at
+``<= t`` in (time, sequence) order, then the next step is planned - the same order a real
+engine sees (requests that arrived during a step join the next one).
+
+Interruptible prefill: when the step in flight allows it and the policy agrees, an arrival at
+time ``a`` cuts the step at the next layer boundary after ``a``; the completed layers' KV is kept
+and the scheduler resumes the chunk from there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from sluice.core.engine import Engine
+from sluice.core.plan import StepPlan, StepResult
+from sluice.core.request import Request
+from sluice.sim.fastforward import DecodeRun, apply_decode_run, plan_decode_run
+from sluice.workload.base import Workload
+
+INF = math.inf
+
+
+@dataclass(slots=True)
+class InFlight:
+    start: float
+    end: float
+    plan: StepPlan | None = None
+    result: StepResult | None = None
+    run: DecodeRun | None = None
+
+
+@dataclass(slots=True)
+class LoopStats:
+    steps_planned: int = 0
+    fast_forward_runs: int = 0
+    fast_forward_steps: int = 0
+    interruptions: int = 0
+    kv_used_time: float = 0.0  # integral of used blocks over time (block-seconds)
+    kv_samples: list[tuple[float, int]] = field(default_factory=list)
+
+
+class SimLoop:
+    def __init__(self, engine: Engine, workload: Workload, *, fast_forward: bool = True,
+                 on_request_end: Callable[[Request], None] | None = None,
+                 kv_sample_every: float = 1.0) -> None:
+        self.engine = engine
+        self.workload = workload
+        self.fast_forward = fast_forward
+        self.on_request_end = on_request_end
+        self.now = 0.0
+        self.stats = LoopStats()
+        self._heap: list[tuple[float, int, Request]] = []
+        self._seq = itertools.count()
+        self._arrivals: Iterator[Request] = iter(workload.requests())
+        self._next: Request | None = next(self._arrivals, None)
+        self._inflight: InFlight | None = None
+        self._kv_sample_every = kv_sample_every
+        self._next_kv_sample = 0.0
+        self._last_kv_t = 0.0
+
+    # -- events ---------------------------------------------------------------------------
+    def _next_event_time(self) -> float:
+        t = self._next.arrival if self._next is not None else INF
+        if self._heap and self._heap[0][0] < t:
+            t = self._heap[0][0]
+        return t
+
+    def _pop_event(self) -> Request:
+        """The earliest pending request (stream before heap at equal times)."""
+        if self._next is not None and (not self._heap or self._next.arrival <= self._heap[0][0]):
+            req = self._next
+            self._next = next(self._arrivals, None)
+            if self._next is not None and self._next.arrival < req.arrival:
+                raise ValueError(f"workload {self.workload.name!r} is not sorted by arrival: "
+                                 f"request {self._next.id} at {self._next.arrival} after "
+                                 f"{req.id} at {req.arrival}")
+            return req
+        return heapq.heappop(self._heap)[2]
+
+    def _arrive(self, req: Request) -> None:
+        engine = self.engine
+        if not engine.add_request(req, req.arrival):
+            self._ended(req)
+            return
+        fl = self._inflight
+        if (fl is not None and fl.plan is not None and fl.plan.interruptible
+                and fl.result.layers_done is None and req.arrival < fl.end
+                and engine.policy.interrupt_for(req, engine.scheduler.view(req.arrival))):
+            self._interrupt(fl, req.arrival)
+
+    def _interrupt(self, fl: InFlight, at: float) -> None:
+        layers = fl.plan.num_layers
+        span = fl.end - fl.start
+        done = max(1, math.ceil((at - fl.start) / span * layers)) if span > 0 else layers
+        if done >= layers:
+            return
+        fl.end = fl.start + span * done / layers
+        fl.result = StepResult(duration=fl.end - fl.start, layers_done=done)
+        self.stats.interruptions += 1
+
+    def _ended(self, req: Request) -> None:
+        if self.on_request_end is not None:
+            self.on_request_end(req)
+        for follow in self.workload.on_request_end(req, self.now):
+            if follow.arrival < self.now:
+                raise ValueError(f"follow-up request {follow.id} arrives at {follow.arrival}, "
+                                 f"before its cause ended at {self.now}")
+            heapq.heappush(self._heap, (follow.arrival, next(self._seq), follow))
+
+    # -- steps ----------------------------------------------------------------------------
+    def _start_step(self, now: float) -> None:
+        engine = self.engine
+        if self.fast_forward:
+            horizon = self._next_event_time()
+            pin_t = engine.kv.next_pin_expiry()
+            if pin_t is not None and pin_t < horizon:
+                horizon = pin_t
+            run = plan_decode_run(engine, now, horizon)
+            if run is not None:
+                self.stats.fast_forward_runs += 1
+                self.stats.fast_forward_steps += run.k
+                self._inflight = InFlight(now, float(run.ends[-1]), run=run)
+                return
+        begun = engine.begin(now)
+        if begun is None:
+            self._inflight = None
+            return
+        plan, result = begun
+        self.stats.steps_planned += 1
+        self._inflight = InFlight(now, now + result.duration, plan, result)
+
+    def _complete_step(self, fl: InFlight) -> None:
+        self.now = fl.end
+        if fl.run is not None:
+            ended = apply_decode_run(self.engine, fl.run)
+        else:
+            ended = self.engine.complete(fl.plan, fl.result, fl.end)
+        for req in ended:
+            self._ended(req)
+
+    def _sample_kv_step(self, fl: InFlight) -> None:
+        """Account KV use over the step(s) ending now; a fast-forwarded run is replayed
+        step by step so the integral is bit-identical to running without fast-forward."""
+        if fl.run is None:
+            self._sample_kv(fl.end)
+            return
+        used = self.engine.kv.num_used
+        allocs = fl.run.allocs
+        a = 0
+        for j, end in enumerate(fl.run.ends.tolist(), start=1):
+            while a < len(allocs) and allocs[a][0] <= j:
+                a += 1
+            self._sample_kv(end, used + a)
+
+    def _sample_kv(self, t: float, used: int | None = None) -> None:
+        if used is None:
+            used = self.engine.kv.num_used
+        self.stats.kv_used_time += used * (t - self._last_kv_t)
+        self._last_kv_t = t
+        if t >= self._next_kv_sample:
+            self.stats.kv_samples.append((t, used))
+            self._next_kv_sample = t + self._kv_sample_every
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> float:
+        """Run to completion; returns the virtual time of the last event."""
+        while True:
+            fl = self._inflight
+            t_event = self._next_event_time()
+            if fl is not None and fl.end <= t_event:
+                self._sample_kv_step(fl)
+                self._complete_step(fl)
+                self._inflight = None
+                self._drain_due(self.now)
+                self._start_step(self.now)
+                continue
+            if t_event == INF:
+                if fl is None and self.engine.has_work:
+                    self._start_step(self.now)
+                    if self._inflight is None:
+                        raise RuntimeError("engine has work but planned nothing (stuck)")
+                    continue
+                break
+            self.now = max(self.now, t_event)
+            self._arrive(self._pop_event())
+            if self._inflight is None:
+                self._sample_kv(self.now)  # closes the idle gap; KV use is flat while idle
+                self._drain_due(self.now)
+                self._start_step(self.now)
+            if progress is not None:
+                progress(self.now)
+        return self.now
+
+    def _drain_due(self, now: float) -> None:
+        while self._next_event_time() <= now:
+            self._arrive(self._pop_event())

@@ -1,0 +1,153 @@
+"""Build a simulated replica from a config and run a workload through it.
+
+This is the programmatic face of ``sluice simulate``: ``run_simulation(SimConfig(...), workload)``
+returns per-request records and the summary dict that ``--json`` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from sluice.core.config import SchedulerConfig
+from sluice.core.engine import Engine
+from sluice.core.kv import KVCache
+from sluice.core.request import Request
+from sluice.core.scheduler import Scheduler
+from sluice.errors import ConfigError
+from sluice.executors.simulated import SimulatedExecutor
+from sluice.metrics.records import RequestRecord
+from sluice.metrics.summary import summarize
+from sluice.perf.base import PerfModel
+from sluice.policies.base import make_policy
+from sluice.sim.loop import SimLoop
+from sluice.workload.base import Workload
+
+GIB = 1 << 30
+
+
+@dataclass
+class SimConfig:
+    model: str = "llama-3.1-8b"
+    gpu: str = "h100"
+    tp: int = 1
+    policy: str = "vllm"
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool | None = None
+    preemption_mode: str | None = None
+    kv_reservation: str | None = None
+    long_prefill_token_threshold: int | None = None
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    swap_space_gib: float = 4.0
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    perf_kind: str = "fitted"
+    perf: PerfModel | None = None  # a ready model overrides model/gpu/tp/perf_kind
+    fast_forward: bool = True
+    swap_overlap: bool = False
+    goodput: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    records: list[RequestRecord]
+    summary: dict
+    itls: np.ndarray
+    kv_samples: list[tuple[float, int]]
+    loop_stats: dict
+
+
+def build_perf(cfg: SimConfig) -> PerfModel:
+    if cfg.perf is not None:
+        return cfg.perf
+    if cfg.tp < 1:
+        raise ConfigError(f"--tp must be >= 1, got {cfg.tp}")
+    from sluice.perf.registry import build_perf_model
+
+    return build_perf_model(cfg.model, cfg.gpu, tp=cfg.tp, kind=cfg.perf_kind,
+                            gpu_memory_utilization=cfg.gpu_memory_utilization,
+                            max_model_len=cfg.max_model_len)
+
+
+def build_engine(cfg: SimConfig, perf: PerfModel | None = None) -> Engine:
+    """A simulated replica: policy + scheduler config + KV cache sized by the perf model."""
+    perf = perf or build_perf(cfg)
+    policy = make_policy(cfg.policy, **cfg.policy_options)
+    max_len = cfg.max_model_len or getattr(perf, "max_model_len", None) or 131072
+    sched_cfg = SchedulerConfig(block_size=cfg.block_size, max_model_len=max_len)
+    sched_cfg = sched_cfg.with_overrides(dict(policy.scheduler_defaults))
+    user = {
+        "max_num_seqs": cfg.max_num_seqs,
+        "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        "enable_chunked_prefill": cfg.enable_chunked_prefill,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "preemption_mode": cfg.preemption_mode,
+        "kv_reservation": cfg.kv_reservation,
+        "long_prefill_token_threshold": cfg.long_prefill_token_threshold,
+    }
+    sched_cfg = sched_cfg.with_overrides(user)
+    if not sched_cfg.enable_chunked_prefill and cfg.max_num_batched_tokens is None:
+        # As vLLM: without chunking the budget must hold the longest prompt.
+        sched_cfg.max_num_batched_tokens = max(sched_cfg.max_num_batched_tokens, max_len)
+    blocks = cfg.num_gpu_blocks or perf.kv_capacity_blocks(cfg.block_size)
+    if blocks < 1:
+        raise ConfigError(f"no KV cache blocks fit for {cfg.model} on {cfg.gpu} x{cfg.tp}")
+    kv_bytes = getattr(perf, "kv_bytes_per_token", 0) * cfg.block_size
+    host_blocks = int(cfg.swap_space_gib * GIB // kv_bytes) if kv_bytes else blocks
+    kv = KVCache(blocks, cfg.block_size, enable_prefix_caching=sched_cfg.enable_prefix_caching,
+                 watermark=sched_cfg.watermark, num_host_blocks=host_blocks)
+    scheduler = Scheduler(sched_cfg, policy, kv, num_layers=perf.num_layers)
+    return Engine(scheduler, SimulatedExecutor(perf, swap_overlap=cfg.swap_overlap))
+
+
+def run_simulation(cfg: SimConfig, workload: Workload,
+                   progress: Callable[[float], None] | None = None,
+                   keep_requests: bool = False) -> SimResult:
+    engine = build_engine(cfg)
+    records: list[RequestRecord] = []
+    kept: list[Request] = []
+
+    def on_end(req: Request) -> None:
+        records.append(RequestRecord.of(req))
+        if keep_requests:
+            kept.append(req)
+
+    loop = SimLoop(engine, workload, fast_forward=cfg.fast_forward, on_request_end=on_end)
+    loop.run(progress)
+    _check_conservation(engine)
+    records.sort(key=lambda r: r.id)
+    itls = np.frombuffer(engine.scheduler.itls, dtype=np.float64) if engine.scheduler.itls \
+        else np.zeros(0)
+    summary = summarize(records, itls, cfg.goodput or None)
+    st = loop.stats
+    summary["steps"] = engine.steps
+    summary["kv_blocks_total"] = engine.kv.num_blocks
+    summary["kv_peak_used_blocks"] = engine.kv.stats.peak_used
+    end = loop.now or 1.0
+    summary["kv_mean_utilization"] = st.kv_used_time / end / engine.kv.num_blocks
+    summary["policy"] = cfg.policy
+    result = SimResult(cfg, records, summary, itls, st.kv_samples,
+                       {"steps_planned": st.steps_planned,
+                        "fast_forward_runs": st.fast_forward_runs,
+                        "fast_forward_steps": st.fast_forward_steps,
+                        "interruptions": st.interruptions})
+    if keep_requests:
+        result.requests = kept  # type: ignore[attr-defined]
+    return result
+
+
+def _check_conservation(engine: Engine) -> None:
+    """A finished run holds no KV but pins and cached blocks; anything else is a leak."""
+    sched = engine.scheduler
+    if sched.running or sched.waiting:
+        raise RuntimeError(f"simulation ended with {len(sched.running)} running and "
+                           f"{len(sched.waiting)} waiting requests")
+    engine.kv.check([])

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 ROOT_HASH = 0x5157_1CE0
 
 
@@ -27,7 +29,7 @@ class Content:
     segment (virtual), so a later turn that resends prompt + output hits the same blocks.
     """
 
-    __slots__ = ("tokens", "segments", "length", "_hashes", "_block_size")
+    __slots__ = ("tokens", "segments", "length", "_hashes", "_block_size", "_cursor")
 
     def __init__(self, tokens: Sequence[int] | None = None,
                  segments: Sequence[tuple[int, int]] | None = None) -> None:
@@ -50,6 +52,7 @@ class Content:
         self.length = len(self.tokens) if self.tokens is not None else sum(n for _, n in segs)
         self._hashes: list[int] = []
         self._block_size = 0
+        self._cursor: tuple[int, int, int] = (0, 0, ROOT_HASH)
 
     # -- growth ---------------------------------------------------------------------------
     def append_tokens(self, token_ids: Sequence[int]) -> None:
@@ -85,6 +88,7 @@ class Content:
         if block_size != self._block_size:
             self._hashes = []
             self._block_size = block_size
+            self._cursor = (0, 0, ROOT_HASH)
         n_full = min(upto_tokens, self.length) // block_size
         hashes = self._hashes
         if len(hashes) >= n_full:
@@ -99,40 +103,53 @@ class Content:
         return self._segment_hashes(block_size, n_full)
 
     def _segment_hashes(self, bs: int, n_full: int) -> list[int]:
-        """Block ``j``'s hash is ``hash((sig, key, end))``: ``key`` is the segment holding the
-        block's last token, ``end`` that token's offset + 1 in it, and ``sig`` chains the
-        (key, length) of every segment before it. That is a function of exactly the tokens up
-        to the block's end, like a hash chain, but costs one small tuple per block."""
+        """Block ``j``'s hash is a function of ``(sig, key, end)``: ``key`` is the segment
+        holding the block's last token, ``end`` that token's offset + 1 in it, and ``sig``
+        chains the (key, length) of every segment before it. That identifies exactly the
+        tokens up to the block's end, like a hash chain, at a fraction of the cost. A cursor
+        remembers where the last call stopped (segments only grow at the tail)."""
         hashes = self._hashes
         segs = self.segments
         pos = len(hashes) * bs  # first token of the first missing block
-        seg_i, seg_start = _locate(segs, pos + bs - 1)
-        sig = self._sig_before(seg_i)
+        i, start, sig = self._cursor
+        limit = n_full * bs
         while len(hashes) < n_full:
-            key, n = segs[seg_i]
-            last_end = min(seg_start + n, n_full * bs)  # blocks ending inside this segment
-            first = pos + bs
-            if first <= last_end:
-                hashes.extend([hash((sig, key, end - seg_start))
-                               for end in range(first, last_end + 1, bs)])
+            key, n = segs[i]
+            seg_end = start + n
+            first = pos + bs  # end of the next missing block
+            if first <= seg_end:
+                last_end = seg_end if seg_end < limit else limit
+                hashes.extend(_block_hashes_in_segment(sig, key, first - start,
+                                                       last_end - start, bs))
                 pos = first + ((last_end - first) // bs) * bs
+                if len(hashes) == n_full:
+                    break
             sig = hash((sig, key, n))
-            seg_start += n
-            seg_i += 1
+            start = seg_end
+            i += 1
+        self._cursor = (i, start, sig)
         return hashes
 
-    def _sig_before(self, seg_i: int) -> int:
-        sig = ROOT_HASH
-        for key, n in self.segments[:seg_i]:
-            sig = hash((sig, key, n))
-        return sig
+
+_GOLDEN = np.int64(-7046029254386353131)  # 0x9E3779B97F4A7C15 as int64: odd, well mixed
+_GOLDEN_INT = int(_GOLDEN)
 
 
-def _locate(segments: list[list[int]], pos: int) -> tuple[int, int]:
-    """Index of the segment holding token ``pos`` and that segment's start position."""
-    start = 0
-    for i, (_k, n) in enumerate(segments):
-        if pos < start + n:
-            return i, start
-        start += n
-    return len(segments), start
+def _block_hashes_in_segment(sig: int, key: int, first_end: int, last_end: int,
+                             bs: int) -> list[int]:
+    """Hashes of blocks ending at offsets ``first_end, first_end+bs, .. <= last_end`` of one
+    segment: ``base + end * golden`` (mod 2^64) with ``base = hash((sig, key))``. Distinct ends
+    give distinct values; different (sig, key) pairs collide with probability ~2^-64. One
+    numpy expression per segment instead of a tuple hash per block."""
+    base = hash((sig, key))
+    if last_end - first_end < 8 * bs:
+        return [_wrap(base + e * _GOLDEN_INT) for e in range(first_end, last_end + 1, bs)]
+    ends = np.arange(first_end, last_end + 1, bs, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        return (ends * _GOLDEN + np.int64(base)).tolist()
+
+
+def _wrap(x: int) -> int:
+    """Python int -> the int64 two's-complement value numpy's wrapping arithmetic gives."""
+    x &= 0xFFFF_FFFF_FFFF_FFFF
+    return x - (1 << 64) if x >= (1 << 63) else x

@@ -135,31 +135,38 @@ class KVCache:
 
     def allocate(self, req: Request, total_tokens: int, *, admission: bool = False) -> bool:
         """Grow ``req``'s block table to hold ``total_tokens``; False (no change) if short."""
-        need = self.blocks_for(total_tokens) - len(req.blocks)
+        need = -(-total_tokens // self.block_size) - len(req.blocks)
         if need <= 0:
             return True
         if not self.can_allocate(need, admission=admission):
             return False
-        blocks = req.blocks
-        for _ in range(need):
-            blocks.append(self._take_block())
-        used = self.num_blocks - self.num_free
+        self._take_blocks(need, req.blocks)
+        used = self.num_blocks - len(self.free_plain) - len(self.cached)
         if used > self.stats.peak_used:
             self.stats.peak_used = used
         return True
 
-    def _take_block(self) -> int:
-        if self.free_plain:
-            b = self.free_plain.pop()
-        else:
-            b, _ = self.cached.popitem(last=False)
-            h = self.block_hash[b]
-            if h is not None and self.hash_to_block.get(h) == b:
-                del self.hash_to_block[h]
-            self.block_hash[b] = None
-            self.stats.evicted_cached += 1
-        self.ref[b] = 1
-        return b
+    def _take_blocks(self, need: int, out: list[int]) -> None:
+        """Append ``need`` blocks to ``out``: plain free ones first, then evict LRU cached."""
+        ref = self.ref
+        fp = self.free_plain
+        while need and fp:
+            b = fp.pop()
+            ref[b] = 1
+            out.append(b)
+            need -= 1
+        if not need:
+            return
+        cached = self.cached
+        bh = self.block_hash
+        h2b = self.hash_to_block
+        self.stats.evicted_cached += need
+        for _ in range(need):
+            b = cached.popitem(last=False)[0]
+            del h2b[bh[b]]  # invariant: a block with a hash is the one registered for it
+            bh[b] = None
+            ref[b] = 1
+            out.append(b)
 
     def commit(self, req: Request) -> None:
         """Register the hashes of ``req``'s newly full computed blocks in the prefix cache."""
@@ -189,13 +196,17 @@ class KVCache:
 
     def _release(self, blocks) -> None:
         ref = self.ref
+        bh = self.block_hash
+        cached = self.cached
+        fp = self.free_plain
         for b in blocks:
-            ref[b] -= 1
-            if ref[b] == 0:
-                if self.block_hash[b] is not None:
-                    self.cached[b] = None
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                if bh[b] is not None:
+                    cached[b] = None
                 else:
-                    self.free_plain.append(b)
+                    fp.append(b)
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, blocks: list[int], expiry: float, owner: int | None = None,
@@ -272,8 +283,7 @@ class KVCache:
         if not self.can_allocate(n):
             return None
         req.blocks = []
-        for _ in range(n):
-            req.blocks.append(self._take_block())
+        self._take_blocks(n, req.blocks)
         self.host_used -= n
         self.stats.swap_in_blocks += n
         req.host_blocks = 0

@@ -22,6 +22,7 @@ class Chunk:
     n_tokens: int
     is_prefill: bool
     skip_layers: int = 0  # layers already done by an interrupted step (resumed prefill)
+    until_layer: int = 0  # run layers [skip_layers, until_layer); 0 = to the last layer
 
 
 @dataclass(slots=True)
@@ -64,16 +65,19 @@ class StepPlan:
     interruptible: bool = False  # prefill may stop at a layer boundary on an arrival
     num_layers: int = 1
 
-    def add(self, req: Request, n_tokens: int, is_prefill: bool) -> None:
+    def add(self, req: Request, n_tokens: int, is_prefill: bool, until_layer: int = 0) -> None:
         start = req.num_computed
         skip = req.resume_layers if (req.resume_tokens == n_tokens) else 0
+        if until_layer and (until_layer <= skip or until_layer >= self.num_layers):
+            until_layer = 0
         if not is_prefill:
             assert n_tokens == 1, "decode chunks are one token"
             self.add_decode(req)
             return
-        self.chunks.append(Chunk(req, start, n_tokens, is_prefill, skip))
+        self.chunks.append(Chunk(req, start, n_tokens, is_prefill, skip, until_layer))
         s = self.stats
-        frac = 1.0 - skip / self.num_layers if skip else 1.0
+        last = until_layer or self.num_layers
+        frac = (last - skip) / self.num_layers if (skip or until_layer) else 1.0
         s.prefill_tokens += n_tokens * frac
         s.prefill_seqs += 1
         s.prefill_attn += frac * (n_tokens * start + n_tokens * (n_tokens + 1) / 2)

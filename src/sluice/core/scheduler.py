@@ -11,9 +11,12 @@ from __future__ import annotations
 from array import array
 from bisect import insort
 
+import numpy as np
+
 from sluice.core.config import SchedulerConfig
 from sluice.core.kv import KVCache
 from sluice.core.plan import StepPlan, StepResult
+from sluice.core.programs import ProgramTable
 from sluice.core.request import Request, RequestState
 from sluice.policies.base import Policy, View
 
@@ -30,23 +33,27 @@ class Scheduler:
         self.num_layers = num_layers
         self.waiting: list[Request] = []
         self.running: list[Request] = []
-        self.programs: dict[int, object] = {}
+        self.programs = ProgramTable()
         self.itls = array("d")  # every inter-token latency, seconds (metrics read it)
+        self.itl_runs: list[np.ndarray] = []  # ITLs of fast-forwarded runs, in bulk
         self.rejected: list[Request] = []
         self.num_preemptions = 0
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
+        self._layered = type(policy).prefill_layers is not Policy.prefill_layers
         self.max_kv_tokens = kv.num_blocks * kv.block_size
 
     # -- intake ---------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> bool:
         """Queue ``req``; reject it (and say why) if it can never run on this replica."""
         reason = self._reject_reason(req)
+        self.programs.on_arrival(req)
         if reason:
             req.state = RequestState.REJECTED
             req.stop_reason = reason
             req.finish_time = now
             self.rejected.append(req)
+            self._program_end(req, now)
             return False
         req.state = RequestState.WAITING
         self.policy.on_arrival(req, self.view(now))
@@ -85,6 +92,17 @@ class Scheduler:
         req.state = RequestState.ABORTED
         req.stop_reason = req.stop_reason or "abort"
         req.finish_time = now
+        self._program_end(req, now)
+
+    def _program_end(self, req: Request, now: float) -> None:
+        """A turn ended: update its program; a finished program's pins are released."""
+        st = self.programs.on_end(req, now)
+        if st is not None and st.done and self.kv.pins:
+            self.kv.release_pins_of(req.program)
+
+    def all_itls(self) -> np.ndarray:
+        parts = [np.frombuffer(self.itls, dtype=np.float64)] if self.itls else []
+        return np.concatenate(parts + self.itl_runs) if parts or self.itl_runs else np.zeros(0)
 
     @property
     def has_work(self) -> bool:
@@ -144,7 +162,7 @@ class Scheduler:
                 continue
             if not self._grow(plan, req, computed + n, now, scheduled):
                 continue
-            plan.add(req, n, True)
+            self._add_prefill(plan, req, n, now)
             scheduled.add(req.id)
             budget -= n
         return budget
@@ -229,8 +247,20 @@ class Scheduler:
         self.running.append(req)
         remaining = req.num_tokens - req.num_computed
         n = _chunk(req, remaining, budget, self.cfg.long_prefill_token_threshold)
-        plan.add(req, n, remaining > 1 or req.num_computed < req.prompt_len)
+        if remaining > 1 or req.num_computed < req.prompt_len:
+            self._add_prefill(plan, req, n, now)
+        else:
+            plan.add_decode(req)
         return True
+
+    def _add_prefill(self, plan: StepPlan, req: Request, n: int, now: float) -> None:
+        until = 0
+        if self._layered:
+            until = self.policy.prefill_layers(req, self.view(now)) or 0
+            if until:
+                skip = req.resume_layers if req.resume_tokens == n else 0
+                until = skip + until  # the policy gives a count of layers to run now
+        plan.add(req, n, True, until)
 
     def _reservation(self, req: Request, upto: int) -> int:
         mode = self.cfg.kv_reservation
@@ -293,6 +323,10 @@ class Scheduler:
             req = ch.req
             if req.state != _RUN:
                 continue
+            if ch.until_layer:  # a layer group of the chunk ran; the rest comes later
+                req.resume_layers = ch.until_layer
+                req.resume_tokens = ch.n_tokens
+                continue
             computed = req.num_computed + ch.n_tokens
             req.num_computed = computed
             req.resume_layers = req.resume_tokens = 0
@@ -353,6 +387,7 @@ class Scheduler:
             if n_full:
                 self.kv.pin(req.blocks[:n_full], now + ttl, owner=req.program, tag="retain")
         self.kv.free(req)
+        self._program_end(req, now)
         self.policy.on_finish(req, view)
 
 

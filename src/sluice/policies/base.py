@@ -78,6 +78,16 @@ class Policy:
         """On finish: seconds to pin the request's KV, or None for normal LRU caching."""
         return None
 
+    def prefill_layers(self, req: Request, view: View) -> int | None:
+        """Layers of ``req``'s prefill chunk to run this step (Layered Prefill); None = all.
+        The chunk resumes from there on a later step, so decodes can run in between."""
+        return None
+
+    def next_wakeup(self, view: View) -> float | None:
+        """A time at which this policy's decisions change with no event (a batching window
+        closing, aging): the simulator plans a step then. None = only on events."""
+        return None
+
     def interrupt_for(self, req: Request, view: View) -> bool:
         """May an arrival cut an interruptible prefill step at the next layer boundary?"""
         return True

@@ -109,18 +109,26 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     diffs = (ends[1:] - ends[:-1]) if k > 1 else ends[:0]
     ended: list[Request] = []
     max_len = sched.cfg.max_model_len
+    bs = kv.block_size
     for r, eos in zip(run.reqs, run.eos_at):
-        r.num_computed += k
-        r.content.append_virtual(r.output_key, k)
+        c = r.num_computed
+        r.num_computed = c + k
+        content = r.content
+        if content.segments is not None and content.segments[-1][0] == r.output_key:
+            content.segments[-1][1] += k  # inline append_virtual: the hot path
+            content.length += k
+        else:
+            content.append_virtual(r.output_key, k)
         r.num_tokens += k
         r.num_output += k
         itls.append(first_end - r.last_token)
         r.last_token = end
-        kv.commit(r)
+        if (c + k) // bs != c // bs:
+            kv.commit(r)
         if r.num_output >= r.max_tokens or eos == k or r.num_tokens >= max_len:
             ended.append(r)
     if k > 1:
-        itls.extend(np.tile(diffs, len(run.reqs)).tolist())
+        sched.itl_runs.append(np.repeat(diffs, len(run.reqs)))
     engine.steps += k
     for r in ended:
         sched._finish(r, end, "stop" if run.eos_at[run.reqs.index(r)] == k else "length")

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+
 from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
 from sluice.core.request import Request
@@ -43,7 +45,8 @@ class LoopStats:
     fast_forward_runs: int = 0
     fast_forward_steps: int = 0
     interruptions: int = 0
-    kv_used_time: float = 0.0  # integral of used blocks over time (block-seconds)
+    kv_used_step_sum: int = 0  # sum over steps of KV blocks in use
+    kv_steps: int = 0
     kv_samples: list[tuple[float, int]] = field(default_factory=list)
 
 
@@ -57,14 +60,13 @@ class SimLoop:
         self.on_request_end = on_request_end
         self.now = 0.0
         self.stats = LoopStats()
-        self._heap: list[tuple[float, int, Request]] = []
+        self._heap: list[tuple[float, int, Request | None]] = []  # None = policy wake-up
         self._seq = itertools.count()
         self._arrivals: Iterator[Request] = iter(workload.requests())
         self._next: Request | None = next(self._arrivals, None)
         self._inflight: InFlight | None = None
         self._kv_sample_every = kv_sample_every
         self._next_kv_sample = 0.0
-        self._last_kv_t = 0.0
 
     # -- events ---------------------------------------------------------------------------
     def _next_event_time(self) -> float:
@@ -73,7 +75,7 @@ class SimLoop:
             t = self._heap[0][0]
         return t
 
-    def _pop_event(self) -> Request:
+    def _pop_event(self) -> Request | None:
         """The earliest pending request (stream before heap at equal times)."""
         if self._next is not None and (not self._heap or self._next.arrival <= self._heap[0][0]):
             req = self._next
@@ -85,7 +87,9 @@ class SimLoop:
             return req
         return heapq.heappop(self._heap)[2]
 
-    def _arrive(self, req: Request) -> None:
+    def _arrive(self, req: Request | None) -> None:
+        if req is None:  # a policy wake-up: nothing arrives, the next plan may differ
+            return
         engine = self.engine
         if not engine.add_request(req, req.arrival):
             self._ended(req)
@@ -132,10 +136,20 @@ class SimLoop:
         begun = engine.begin(now)
         if begun is None:
             self._inflight = None
+            self._maybe_wake(now)
             return
         plan, result = begun
         self.stats.steps_planned += 1
         self._inflight = InFlight(now, now + result.duration, plan, result)
+
+    def _maybe_wake(self, now: float) -> None:
+        """Idle with work queued: the policy may ask to be asked again at a later time."""
+        engine = self.engine
+        if not engine.has_work:
+            return
+        t = engine.policy.next_wakeup(engine.scheduler.view(now))
+        if t is not None and t > now and (not self._heap or self._heap[0][0] > t):
+            heapq.heappush(self._heap, (t, next(self._seq), None))
 
     def _complete_step(self, fl: InFlight) -> None:
         self.now = fl.end
@@ -147,24 +161,26 @@ class SimLoop:
             self._ended(req)
 
     def _sample_kv_step(self, fl: InFlight) -> None:
-        """Account KV use over the step(s) ending now; a fast-forwarded run is replayed
-        step by step so the integral is bit-identical to running without fast-forward."""
-        if fl.run is None:
-            self._sample_kv(fl.end)
-            return
+        """Account KV use over the step(s) ending now. The mean is step-weighted and summed
+        in integers, so a fast-forwarded run adds exactly what its steps would one by one."""
         used = self.engine.kv.num_used
-        allocs = fl.run.allocs
-        a = 0
-        for j, end in enumerate(fl.run.ends.tolist(), start=1):
-            while a < len(allocs) and allocs[a][0] <= j:
-                a += 1
-            self._sample_kv(end, used + a)
+        st = self.stats
+        if fl.run is None:
+            st.kv_used_step_sum += used
+            st.kv_steps += 1
+            self._maybe_sample(fl.end, used)
+            return
+        k = fl.run.k
+        st.kv_used_step_sum += k * used + sum(k - j + 1 for j, _i, _t in fl.run.allocs)
+        st.kv_steps += k
+        ends = fl.run.ends
+        j = int(np.searchsorted(ends, self._next_kv_sample, side="left"))
+        while j < k:
+            a = sum(1 for step, _i, _t in fl.run.allocs if step <= j + 1)
+            self._maybe_sample(float(ends[j]), used + a)
+            j = int(np.searchsorted(ends, self._next_kv_sample, side="left"))
 
-    def _sample_kv(self, t: float, used: int | None = None) -> None:
-        if used is None:
-            used = self.engine.kv.num_used
-        self.stats.kv_used_time += used * (t - self._last_kv_t)
-        self._last_kv_t = t
+    def _maybe_sample(self, t: float, used: int) -> None:
         if t >= self._next_kv_sample:
             self.stats.kv_samples.append((t, used))
             self._next_kv_sample = t + self._kv_sample_every
@@ -192,7 +208,6 @@ class SimLoop:
             self.now = max(self.now, t_event)
             self._arrive(self._pop_event())
             if self._inflight is None:
-                self._sample_kv(self.now)  # closes the idle gap; KV use is flat while idle
                 self._drain_due(self.now)
                 self._start_step(self.now)
             if progress is not None:

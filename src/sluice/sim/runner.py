@@ -124,15 +124,14 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     loop.run(progress)
     _check_conservation(engine)
     records.sort(key=lambda r: r.id)
-    itls = np.frombuffer(engine.scheduler.itls, dtype=np.float64) if engine.scheduler.itls \
-        else np.zeros(0)
+    itls = engine.scheduler.all_itls()
     summary = summarize(records, itls, cfg.goodput or None)
     st = loop.stats
     summary["steps"] = engine.steps
     summary["kv_blocks_total"] = engine.kv.num_blocks
     summary["kv_peak_used_blocks"] = engine.kv.stats.peak_used
-    end = loop.now or 1.0
-    summary["kv_mean_utilization"] = st.kv_used_time / end / engine.kv.num_blocks
+    summary["kv_mean_utilization"] = (st.kv_used_step_sum / st.kv_steps / engine.kv.num_blocks
+                                      if st.kv_steps else 0.0)
     summary["policy"] = cfg.policy
     result = SimResult(cfg, records, summary, itls, st.kv_samples,
                        {"steps_planned": st.steps_planned,

@@ -212,9 +212,14 @@ class KVCache:
     def pin(self, blocks: list[int], expiry: float, owner: int | None = None,
             tag: str = "") -> int:
         """Hold ``blocks`` until ``expiry`` (virtual or wall seconds). Returns the pin id."""
+        for b in blocks:
+            if self.ref[b] == 0 and b not in self.cached:
+                raise ValueError(f"cannot pin free block {b}: it holds no KV")
         pid = self._next_pin
         self._next_pin += 1
         for b in blocks:
+            if self.ref[b] == 0:
+                del self.cached[b]
             self.ref[b] += 1
         self.pins[pid] = Pin(pid, list(blocks), expiry, owner, tag)
         heapq.heappush(self._pin_heap, (expiry, pid))

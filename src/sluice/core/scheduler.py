@@ -194,12 +194,13 @@ class Scheduler:
         for i, req in enumerate(self.waiting):
             if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
                 break
-            if not policy.admit(req, view) or not self._admit(plan, req, now, budget):
+            n = self._admit(plan, req, now, budget) if policy.admit(req, view) else 0
+            if not n:
                 if policy.skip_blocked:
                     continue
                 break
             taken.append(i)
-            budget -= plan.chunks[-1].n_tokens  # _admit ends by adding req's chunk
+            budget -= n
         self._remove_waiting(taken)
 
     def _remove_waiting(self, taken: list[int]) -> None:
@@ -211,15 +212,18 @@ class Scheduler:
             for i in reversed(taken):
                 del self.waiting[i]
 
-    def _admit(self, plan: StepPlan, req: Request, now: float, budget: int) -> bool:
-        """Try to start (or resume) ``req`` this step; on success it is running."""
+    def _admit(self, plan: StepPlan, req: Request, now: float, budget: int) -> int:
+        """Try to start (or resume) ``req`` this step; returns the tokens scheduled (0: no)."""
         kv = self.kv
         if req.state == RequestState.SWAPPED:
+            n = _chunk(req, req.num_tokens - req.num_computed, budget,
+                       self.cfg.long_prefill_token_threshold)
+            need = max(req.host_blocks, kv.blocks_for(req.num_computed + n))
+            if not kv.can_allocate(need) and not self._make_room(plan, req, need, now):
+                return 0
             blocks = kv.swap_in(req)
-            if blocks is None and self._make_room(plan, req, req.host_blocks, now):
-                blocks = kv.swap_in(req)
-            if blocks is None:
-                return False
+            if blocks is None or not kv.allocate(req, req.num_computed + n):
+                raise AssertionError("swap-in failed after room was checked")
             plan.swap_in.append((req, blocks))
             plan.stats.swap_in_blocks += len(blocks)
         else:
@@ -227,17 +231,17 @@ class Scheduler:
             start = len(hits) * kv.block_size
             n = _chunk(req, req.num_tokens - start, budget, self.cfg.long_prefill_token_threshold)
             if n < req.num_tokens - start and not self.cfg.enable_chunked_prefill:
-                return False
+                return 0
             target = self._reservation(req, start + n)
             need = kv.blocks_for(target) - len(hits)
             if not kv.can_allocate(need + _cached_among(kv, hits), admission=True):
                 if not self._make_room(plan, req, need, now):
-                    return False
+                    return 0
             kv.acquire_hits(req, hits)
             if not kv.allocate(req, target, admission=True):
                 kv.free(req)
                 req.num_computed = 0
-                return False
+                return 0
             if req.first_scheduled < 0:
                 req.first_scheduled = now
                 req.cached_tokens = start
@@ -251,7 +255,7 @@ class Scheduler:
             self._add_prefill(plan, req, n, now)
         else:
             plan.add_decode(req)
-        return True
+        return n
 
     def _add_prefill(self, plan: StepPlan, req: Request, n: int, now: float) -> None:
         until = 0

@@ -69,6 +69,8 @@ def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
     k = math.inf
     eos_at = []
     for r in reqs:
+        if r.first_token < 0 or r.num_tokens - r.num_computed != 1 or r.resume_tokens:
+            return 0, eos_at  # not a steady decoder (e.g. a prompt's last token)
         eos = steps_to_eos(r)
         eos_at.append(eos)
         k = min(k, r.max_tokens - r.num_output, eos, max_len - r.num_tokens)

@@ -100,12 +100,27 @@ def build_engine(cfg: SimConfig, perf: PerfModel | None = None) -> Engine:
     blocks = cfg.num_gpu_blocks or perf.kv_capacity_blocks(cfg.block_size)
     if blocks < 1:
         raise ConfigError(f"no KV cache blocks fit for {cfg.model} on {cfg.gpu} x{cfg.tp}")
+    sched_cfg.max_model_len = _fit_context(cfg, sched_cfg.max_model_len, blocks)
     kv_bytes = getattr(perf, "kv_bytes_per_token", 0) * cfg.block_size
     host_blocks = int(cfg.swap_space_gib * GIB // kv_bytes) if kv_bytes else blocks
     kv = KVCache(blocks, cfg.block_size, enable_prefix_caching=sched_cfg.enable_prefix_caching,
                  watermark=sched_cfg.watermark, num_host_blocks=host_blocks)
     scheduler = Scheduler(sched_cfg, policy, kv, num_layers=perf.num_layers)
     return Engine(scheduler, SimulatedExecutor(perf, swap_overlap=cfg.swap_overlap))
+
+
+def _fit_context(cfg: SimConfig, max_len: int, blocks: int) -> int:
+    """As vLLM: one request of the longest context must fit in the KV cache. An explicit
+    ``max_model_len`` that does not fit is an error (vLLM refuses to start); the model's
+    default is lowered to what fits, the way vLLM suggests."""
+    capacity = blocks * cfg.block_size
+    if max_len <= capacity:
+        return max_len
+    if cfg.max_model_len is not None:
+        raise ConfigError(f"max_model_len {max_len} needs {max_len} tokens of KV cache but only "
+                          f"{capacity} fit ({blocks} blocks of {cfg.block_size}); lower "
+                          "--max-model-len or raise --gpu-memory-utilization / --num-gpu-blocks")
+    return capacity
 
 
 def run_simulation(cfg: SimConfig, workload: Workload,
@@ -129,6 +144,7 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     st = loop.stats
     summary["steps"] = engine.steps
     summary["kv_blocks_total"] = engine.kv.num_blocks
+    summary["max_model_len"] = engine.scheduler.cfg.max_model_len
     summary["kv_peak_used_blocks"] = engine.kv.stats.peak_used
     summary["kv_mean_utilization"] = (st.kv_used_step_sum / st.kv_steps / engine.kv.num_blocks
                                       if st.kv_steps else 0.0)

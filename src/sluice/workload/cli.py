@@ -122,7 +122,7 @@ def render(s: dict[str, Any]) -> str:
     for key in ("input_tokens", "output_tokens"):
         d = s[key]
         if d:
-            lines.append(f"{key:<13}" + "  ".join(f"{k} {_fmt(d[k], 1)}" for k in
+            lines.append(f"{key + ' ':<14}" + "  ".join(f"{k} {_fmt(d[k], 1)}" for k in
                                                  ("mean", "p50", "p90", "p99", "max")))
     lines.append(f"prefix reuse {_fmt(100 * (s['prefix_reuse_ceiling'] or 0.0), 1)}% of blocks "
                  "seen before (unlimited cache)")

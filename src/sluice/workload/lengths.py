@@ -112,7 +112,6 @@ def pairs_from_trace(trace_name: str, limit: int = 2_000_000) -> np.ndarray:
     """(input, output) rows of a trace as an (n, 2) int64 array (first ``limit`` rows)."""
     from sluice.workload.traces import Trace
 
-    out = np.empty((0, 2), dtype=np.int64)
     buf: list[tuple[int, int]] = []
     for rec in Trace(trace_name).records(check_order=False):
         buf.append((rec.input_len, rec.output_len))
@@ -120,5 +119,4 @@ def pairs_from_trace(trace_name: str, limit: int = 2_000_000) -> np.ndarray:
             break
     if not buf:
         raise ConfigError(f"trace {trace_name!r} has no rows to sample lengths from")
-    out = np.asarray(buf, dtype=np.int64)
-    return out
+    return np.asarray(buf, dtype=np.int64)

@@ -56,9 +56,9 @@ class Constant:
     def times(self, rng: np.random.Generator, start: float = 0.0) -> Iterator[float]:
         _check_rate(self.rate)
         k = 0
-        while True:
-            k += 1
+        while True:  # first arrival at ``start``, like the trace replay's first row
             yield start + k / self.rate
+            k += 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,150 +9,16 @@ a bad row must name the file, line, column and value. Every parser yields
 
 from __future__ import annotations
 
-import csv
-import datetime as _dt
-import gzip
-import io
 import json
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from sluice.errors import TraceError
+from sluice.workload.trace_rows import (RowErrors, TraceRecord, csv_rows, lengths_or_none,
+                                        open_text, parse_length, parse_wallclock)
 
-
-@dataclass(slots=True)
-class TraceRecord:
-    """One request of a trace, before it becomes a :class:`~sluice.core.request.Request`.
-
-    ``arrival`` is seconds from the trace start, or ``None`` when the trace has lengths only
-    (ShareGPT/arXiv tables): an arrival process then supplies the times.
-    """
-
-    arrival: float | None
-    input_len: int
-    output_len: int
-    hash_ids: list[int] | None = None
-    session: str | None = None
-    user: str | None = None
-    line: int = 0
-    block_size: int = 512
-
-
-class RowErrors:
-    """Raises on a malformed row, or counts it by reason when skipping is asked for.
-
-    ``dropped`` counts rows that are well-formed but cannot become a request (zero prompt or
-    zero output tokens: BurstGPT marks failed calls with ``Response tokens = 0``); they are
-    always dropped, never an error, and always reported.
-    """
-
-    def __init__(self, path: str, skip: bool) -> None:
-        self.path = path
-        self.skip = skip
-        self.skipped: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-
-    def bad(self, line: int, column: str, value: object, reason: str) -> None:
-        if self.skip:
-            self.skipped[reason] += 1
-            return
-        raise TraceError(f"{self.path}:{line}: column {column!r}: bad value {value!r} ({reason}); "
-                         "pass --skip-bad-rows to skip such rows")
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
-
-
-def open_text(path: Path) -> IO[str]:
-    """Open a plain or gzip text file (by magic bytes, not by name)."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def parse_length(text: str) -> int:
-    """A token count: an int (``"12"``, ``"12.0"``) that is >= 0, else ValueError."""
-    try:
-        n = int(text)
-    except ValueError:
-        f = float(text)
-        if not f.is_integer():
-            raise ValueError("not an integer") from None
-        n = int(f)
-    if n < 0:
-        raise ValueError("negative length")
-    return n
-
-
-_DATE_CACHE: dict[str, int] = {}
-_EPOCH_DAY = _dt.date(2000, 1, 1).toordinal()  # a near epoch keeps float64 at ~0.1 us
-
-
-def parse_wallclock(text: str) -> float:
-    """Seconds since 2000-01-01 for ``YYYY-MM-DD HH:MM:SS[.fffffff][+HH:MM]`` (Azure).
-
-    Hand-parsed because ``datetime.fromisoformat`` rejects Azure's 7 fractional digits on
-    Python 3.11, and a cached date ordinal keeps the 10 M-row path cheap.
-    """
-    date, _, clock = text.strip().replace("T", " ").partition(" ")
-    day = _DATE_CACHE.get(date)
-    if day is None:
-        day = _dt.date.fromisoformat(date).toordinal() - _EPOCH_DAY
-        _DATE_CACHE[date] = day
-    offset = 0.0
-    for sign in ("+", "-"):
-        if sign in clock:
-            clock, _, tz = clock.partition(sign)
-            hh, _, mm = tz.partition(":")
-            offset = (int(hh) * 3600 + int(mm or 0) * 60) * (1 if sign == "+" else -1)
-    if clock.endswith("Z"):
-        clock = clock[:-1]
-    h, m, s = clock.split(":")
-    return day * 86400.0 + int(h) * 3600 + int(m) * 60 + float(s) - offset
-
-
-def _lengths(errs: RowErrors, line: int, names: tuple[str, str], values: tuple[str, str]
-             ) -> tuple[int, int] | None:
-    """Parse (input, output) lengths; report bad ones; drop zero-length rows."""
-    out = []
-    for name, value in zip(names, values):
-        try:
-            out.append(parse_length(value))
-        except (ValueError, TypeError) as e:
-            errs.bad(line, name, value, str(e) if "negative" in str(e) else "not a token count")
-            return None
-    if out[0] == 0:
-        errs.drop("zero input tokens")
-        return None
-    if out[1] == 0:
-        errs.drop("zero output tokens (failed request)")
-        return None
-    return out[0], out[1]
-
-
-def _csv_rows(f: IO[str], errs: RowErrors, required: list[str]
-              ) -> Iterator[tuple[int, dict[str, int], list[str]]]:
-    """Yield (line, column index, row) of a headed CSV, checking the header and row width."""
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-        return
-    index = {name.strip(): i for i, name in enumerate(header)}
-    missing = [c for c in required if c not in index]
-    if missing:
-        raise TraceError(f"{errs.path}:1: missing column(s) {missing}; header is {header}")
-    width = len(header)
-    for row in reader:
-        if not row:
-            continue
-        if len(row) != width:
-            errs.bad(reader.line_num, "<row>", ",".join(row), f"{len(row)} fields, expected {width}")
-            continue
-        yield reader.line_num, index, row
+__all__ = ["READERS", "RowErrors", "TraceRecord", "generic_reader", "open_text", "parse_length",
+           "sniff_format"]
 
 
 def read_azure(f: IO[str], errs: RowErrors) -> Iterator[TraceRecord]:
@@ -162,14 +28,14 @@ def read_azure(f: IO[str], errs: RowErrors) -> Iterator[TraceRecord]:
     """
     t0: float | None = None
     names = ("ContextTokens", "GeneratedTokens")
-    for line, ix, row in _csv_rows(f, errs, ["TIMESTAMP", *names]):
+    for line, ix, row in csv_rows(f, errs, ["TIMESTAMP", *names]):
         ts_text = row[ix["TIMESTAMP"]]
         try:
             ts = parse_wallclock(ts_text)
         except (ValueError, IndexError):
             errs.bad(line, "TIMESTAMP", ts_text, "not a YYYY-MM-DD HH:MM:SS timestamp")
             continue
-        lens = _lengths(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
+        lens = lengths_or_none(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
         if lens is None:
             continue
         if t0 is None:
@@ -182,14 +48,14 @@ def read_burstgpt(f: IO[str], errs: RowErrors) -> Iterator[TraceRecord]:
     Log Type``) and v3 (adds ``Session ID, Elapsed time``). ``Timestamp`` is seconds from
     00:00 of day 1 and kept as is; ``Model`` becomes the user when no session is given."""
     names = ("Request tokens", "Response tokens")
-    for line, ix, row in _csv_rows(f, errs, ["Timestamp", *names]):
+    for line, ix, row in csv_rows(f, errs, ["Timestamp", *names]):
         ts_text = row[ix["Timestamp"]]
         try:
             ts = float(ts_text)
         except ValueError:
             errs.bad(line, "Timestamp", ts_text, "not a number of seconds")
             continue
-        lens = _lengths(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
+        lens = lengths_or_none(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
         if lens is None:
             continue
         session = row[ix["Session ID"]] or None if "Session ID" in ix else None
@@ -201,8 +67,8 @@ def read_lengths(f: IO[str], errs: RowErrors) -> Iterator[TraceRecord]:
     """Length tables (Sarathi/Vidur ShareGPT and arXiv): ``num_prefill_tokens,
     num_decode_tokens, ...``; no timestamps."""
     names = ("num_prefill_tokens", "num_decode_tokens")
-    for line, ix, row in _csv_rows(f, errs, list(names)):
-        lens = _lengths(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
+    for line, ix, row in csv_rows(f, errs, list(names)):
+        lens = lengths_or_none(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
         if lens is not None:
             yield TraceRecord(None, lens[0], lens[1], line=line)
 
@@ -229,7 +95,7 @@ def _json_record(errs: RowErrors, line: int, obj: dict, fields: dict[str, str],
         if fields[role] not in obj:
             errs.bad(line, fields[role], None, "missing field")
             return None
-    lens = _lengths(errs, line, (fields["input"], fields["output"]),
+    lens = lengths_or_none(errs, line, (fields["input"], fields["output"]),
                     (str(obj[fields["input"]]), str(obj[fields["output"]])))
     if lens is None:
         return None
@@ -300,7 +166,7 @@ def generic_reader(columns: dict[str, str], time_unit: str, jsonl: bool
         required = [columns[r] for r in ("arrival", "input", "output") if r in columns]
         names = (columns["input"], columns["output"])
         t0: float | None = None
-        for line, ix, row in _csv_rows(f, errs, required):
+        for line, ix, row in csv_rows(f, errs, required):
             arrival = None
             if "arrival" in columns:
                 text = row[ix[columns["arrival"]]]
@@ -314,7 +180,7 @@ def generic_reader(columns: dict[str, str], time_unit: str, jsonl: bool
                     t0 = ts if t0 is None else t0
                     ts -= t0
                 arrival = ts
-            lens = _lengths(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
+            lens = lengths_or_none(errs, line, names, (row[ix[names[0]]], row[ix[names[1]]]))
             if lens is None:
                 continue
             get = (lambda role: row[ix[columns[role]]] or None if columns.get(role) in ix else None)

@@ -1,0 +1,138 @@
+"""KV cache: allocation, prefix reuse, LRU eviction, pins, host tier, conservation."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice.core.kv import KVCache
+from conftest import make_request
+
+
+def test_free_blocks_become_cached_and_are_reused():
+    kv = KVCache(8, 4)
+    r = make_request(0, 0.0, 10, 1, key=1)
+    assert kv.lookup(r) == []
+    kv.acquire_hits(r, [])
+    assert kv.allocate(r, 10)
+    assert len(r.blocks) == 3 and kv.num_free == 5
+    r.num_computed = 10
+    kv.commit(r)  # two full blocks get hashes
+    kv.free(r)
+    assert kv.num_free == 8 and len(kv.cached) == 2
+    twin = make_request(1, 0.0, 10, 1, key=1)
+    hits = kv.lookup(twin)
+    assert hits == r_blocks_prefix(kv, 2)
+    kv.acquire_hits(twin, hits)
+    assert twin.num_computed == 8
+    kv.check([twin])
+
+
+def r_blocks_prefix(kv, n):
+    return [kv.hash_to_block[h] for h in
+            make_request(9, 0.0, 10, 1, key=1).content.block_hashes(kv.block_size, 8)[:n]]
+
+
+def test_lookup_leaves_one_token_to_compute():
+    kv = KVCache(8, 4)
+    r = make_request(0, 0.0, 8, 1, key=1)
+    kv.acquire_hits(r, [])
+    kv.allocate(r, 8)
+    r.num_computed = 8
+    kv.commit(r)
+    kv.free(r)
+    again = make_request(1, 0.0, 8, 1, key=1)
+    assert len(kv.lookup(again)) == 1  # 8 tokens cached, but the last must be recomputed
+
+
+def test_lru_evicts_oldest_and_tail_first():
+    kv = KVCache(4, 1)
+    a = make_request(0, 0.0, 2, 1, key=1)
+    kv.acquire_hits(a, [])
+    kv.allocate(a, 2)
+    a.num_computed = 2
+    kv.commit(a)
+    kv.free(a)  # its tail block is freed first, so it is the older one in the LRU
+    b = make_request(1, 0.0, 3, 1, key=2)
+    kv.acquire_hits(b, [])
+    assert kv.allocate(b, 3)  # 2 free + 1 evicted
+    assert kv.stats.evicted_cached == 1
+    head = make_request(2, 0.0, 2, 1, key=1)
+    assert len(kv.lookup(head)) == 1  # block 0 of `a` survived, its tail did not
+    kv.check([b])
+
+
+def test_pins_expire_and_reclaim():
+    kv = KVCache(4, 1)
+    a = make_request(0, 0.0, 3, 1, key=1)
+    kv.acquire_hits(a, [])
+    kv.allocate(a, 3)
+    pid = kv.pin(a.blocks[:2], expiry=5.0, owner=7)
+    kv.free(a)
+    assert kv.num_free == 2
+    assert kv.expire_pins(4.9) == 0 and kv.expire_pins(5.0) == 1
+    assert kv.num_free == 4 and pid not in kv.pins
+    b = make_request(1, 0.0, 3, 1, key=2)
+    kv.acquire_hits(b, [])
+    kv.allocate(b, 3)
+    kv.pin(b.blocks[:2], expiry=9.0, owner=3)
+    kv.pin(b.blocks[2:], expiry=8.0, owner=4)
+    kv.free(b)
+    assert kv.num_free == 1
+    assert kv.reclaim_pins(2) == 1 and kv.num_free == 2  # soonest expiry goes first
+    assert kv.release_pins_of(3) == 1 and kv.num_free == 4
+    kv.check([])
+
+
+def test_swap_round_trip_counts_host_blocks():
+    kv = KVCache(4, 2, num_host_blocks=3)
+    a = make_request(0, 0.0, 5, 1, key=1)
+    kv.acquire_hits(a, [])
+    kv.allocate(a, 5)
+    assert kv.can_swap_out(a)
+    out = kv.swap_out(a)
+    assert len(out) == 3 and kv.host_used == 3 and kv.num_free == 4
+    back = kv.swap_in(a)
+    assert back is not None and len(back) == 3 and kv.host_used == 0
+    kv.check([a])
+
+
+ops = st.lists(st.tuples(st.sampled_from(["alloc", "free", "pin", "expire", "swap"]),
+                         st.integers(0, 5), st.integers(1, 40)), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, bs=st.sampled_from([1, 4, 16]), blocks=st.integers(4, 40))
+def test_random_operations_conserve_blocks(ops, bs, blocks):
+    """Whatever happens, every block is free, cached or owned, and refs match holders."""
+    kv = KVCache(blocks, bs, num_host_blocks=blocks)
+    live: dict[int, object] = {}
+    swapped: dict[int, object] = {}
+    t = 0.0
+    for op, slot, n in ops:
+        t += 1.0
+        if op == "alloc":
+            r = live.get(slot)
+            if r is None:
+                if slot in swapped:
+                    r = swapped.pop(slot)
+                    if kv.swap_in(r) is None:
+                        swapped[slot] = r
+                        continue
+                else:
+                    r = make_request(slot, 0.0, 200, 1, key=slot % 3)
+                    kv.acquire_hits(r, kv.lookup(r))
+                live[slot] = r
+            if kv.allocate(r, min(r.num_computed + n, 200)):
+                r.num_computed = min(r.num_computed + n, 200)
+                kv.commit(r)
+        elif op == "free" and slot in live:
+            kv.free(live.pop(slot))
+        elif op == "pin" and slot in live and live[slot].blocks:
+            kv.pin(live[slot].blocks[: n % 4 + 1], expiry=t + n % 5)
+        elif op == "expire":
+            kv.expire_pins(t)
+        elif op == "swap" and slot in live and kv.can_swap_out(live[slot]):
+            r = live.pop(slot)
+            kv.swap_out(r)
+            swapped[slot] = r
+        kv.check(list(live.values()))
+        assert kv.num_free + kv.num_used == blocks

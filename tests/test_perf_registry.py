@@ -136,3 +136,26 @@ def test_swap_time_grows_with_blocks_and_runs() -> None:
     pm = build_perf_model("llama-3.1-8b", "h100")
     assert pm.swap_time(0, 0) == 0.0
     assert pm.swap_time(100, 1) < pm.swap_time(200, 1) < pm.swap_time(200, 50)
+
+
+def test_decode_run_exact_with_calibration_scale() -> None:
+    from sluice.perf.registry import with_coeffs
+
+    pm = with_coeffs(build_perf_model("llama-3.1-8b", "l40s"), scale=1.37, step_overhead=3.3e-3,
+                     seq_overhead=1.1e-5)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        b, k = int(rng.integers(1, 300)), int(rng.integers(1, 30))
+        c = b + int(rng.integers(0, 10**6))
+        assert pm.decode_run(b, c, k).tobytes() == decode_run_by_steps(pm, b, c, k).tobytes()
+
+
+def test_expert_parallel_changes_moe_cost_not_dense() -> None:
+    dense = build_perf_model("llama-3.1-8b", "h100")
+    with pytest.raises(ConfigError, match="ep"):
+        build_perf_model("llama-3.1-8b", "h100", ep=2)
+    one = build_perf_model("qwen3-30b-a3b", "rtx-pro-6000")
+    two = build_perf_model("qwen3-30b-a3b", "rtx-pro-6000", ep=2)
+    s = BatchStats(decode_seqs=64, decode_ctx=64 * 500)
+    assert two.step_time(s) < one.step_time(s)  # half the expert weights to read per rank
+    assert dense.step_time(s) > 0

@@ -19,10 +19,10 @@ The end-to-end runs (llmservingsim/bench) are never read here.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import json
-import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,16 +31,18 @@ import numpy as np
 
 from sluice.perf.fitted import coeffs_path, coeffs_to_dict
 from sluice.perf.hardware import GPUS, GPUSpec
-from sluice.perf.roofline import _LOG2_KNOTS, Coeffs
+from sluice.perf.roofline import _LOG2_KNOTS, Coeffs, ar_index
 
 MEASURED = coeffs_path().parent / "measured"
 TABLES = {
-    "gemm": ["source", "gpu", "model", "m", "n", "k", "time_s"],
-    "attn": ["source", "gpu", "model", "p_seqs", "p_new", "p_ctx", "d_seqs", "d_ctx", "heads",
+    "gemm": ["source", "gpu", "model", "group", "m", "n", "k", "time_s"],
+    "attn": ["source", "gpu", "model", "group", "p_seqs", "p_new", "p_ctx", "d_seqs", "d_ctx", "heads",
              "kv_heads", "head_dim", "time_s"],
     "moe": ["source", "gpu", "model", "tokens", "hidden", "inter", "topk", "experts", "touched",
             "time_s"],
     "allreduce": ["source", "gpu", "model", "n_gpus", "nbytes", "time_s"],
+    # norms + rotary + activation (+ residual add) of one layer, summed
+    "elementwise": ["source", "gpu", "model", "tokens", "hidden", "qkv", "inter", "time_s"],
 }
 _AIC_GPU = {"h100_sxm": ("h100", "0.19.0"), "a100_sxm": ("a100-80g", "0.14.0"),
             "l40s": ("l40s", "0.14.0")}
@@ -66,13 +68,13 @@ def _aic(shared: Path, out: dict[str, list[list[Any]]]) -> None:
         for r in _rows_gz(base / sku / "gemm" / "vllm" / ver / "gemm_perf.csv.gz"):
             m = int(r["m"])
             if r["gemm_dtype"] == "bfloat16" and (m in _POW2 or m in (48, 96, 192, 384, 768)):
-                out["gemm"].append(["aic", gpu, f"grid:{r['n']}x{r['k']}", m, int(r["n"]),
+                out["gemm"].append(["aic", gpu, f"grid:{r['n']}x{r['k']}", "-", m, int(r["n"]),
                                     int(r["k"]), float(r["latency"]) / 1e3])
         att = base / sku / "attention" / "vllm" / ver
         for r in _rows_gz(att / "context_attention_perf.csv.gz"):
             if r["kv_cache_dtype"] != "bfloat16" or r.get("window_size", "0") not in ("0", ""):
                 continue
-            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}",
+            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}", "-",
                                 int(r["batch_size"]), int(r["isl"]), 0, 0, 0, int(r["num_heads"]),
                                 int(r["num_key_value_heads"]), int(r["head_dim"]),
                                 float(r["latency"]) / 1e3])
@@ -80,7 +82,7 @@ def _aic(shared: Path, out: dict[str, list[list[Any]]]) -> None:
             if r["kv_cache_dtype"] != "bfloat16" or r.get("window_size", "0") not in ("0", ""):
                 continue
             ctx = int(r["isl"]) + int(r["step"])
-            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}",
+            out["attn"].append(["aic", gpu, f"grid:h{r['num_heads']}kv{r['num_key_value_heads']}", "-",
                                 0, 0, 0, int(r["batch_size"]), ctx, int(r["num_heads"]),
                                 int(r["num_key_value_heads"]), int(r["head_dim"]),
                                 float(r["latency"]) / 1e3])
@@ -96,7 +98,7 @@ def _aic(shared: Path, out: dict[str, list[list[Any]]]) -> None:
         ar = base / sku / "comm" / "vllm" / ver / "custom_allreduce_perf.csv.gz"
         for r in _rows_gz(ar):
             if r["backend"] == "vllm_graph" and r["allreduce_dtype"] == "bfloat16":
-                out["allreduce"].append(["aic", gpu, "grid", int(r["num_gpus"]),
+                out["allreduce"].append(["aic", gpu, f"grid:ar{r['message_size']}", int(r["num_gpus"]),
                                          2 * int(r["message_size"]), float(r["latency"]) / 1e3])
 
 
@@ -117,24 +119,16 @@ def _vidur(shared: Path, out: dict[str, list[list[Any]]]) -> None:
                 gated = r["use_gated_mlp"] == "True"
                 shapes = {"qkv": ((h + 2 * kvh) * hd // tp, d), "o": (d, h * hd // tp),
                           "up": ((2 if gated else 1) * inter // tp, d), "down": (d, inter // tp)}
+                # Vidur's norm/rope/act/add timings are not used: they time unfused add + norm,
+                # not vLLM 0.19's fused kernels (the LLMServingSim profiles below are).
                 for col, op in ops.items():
                     v = r.get(f"time_stats.{col}.median", "")
                     if v:
                         n, k = shapes[op]
-                        out["gemm"].append(["vidur", gpu, model, t, n, k, float(v) / 1e3])
-    for r in _rows(base / "a100" / "attention.csv"):
-        tp = int(r["num_tensor_parallel_workers"])
-        h, kvh = int(r["n_q_head"]) // tp, max(int(r["n_kv_head"]) // tp, 1)
-        hd = int(r["n_embd"]) // int(r["n_q_head"])
-        b, ctx = int(r["batch_size"]), int(r["kv_cache_size"])
-        if r["is_prefill"] == "True":
-            v = r["time_stats.attn_prefill.median"]
-            row = [1, int(r["prefill_chunk_size"]), ctx, 0, 0]
-        else:
-            v = r["time_stats.attn_decode.median"]
-            row = [0, 0, 0, b, ctx]
-        if v and (b in _POW2) and (ctx in _POW2 or ctx % 512 == 0):
-            out["attn"].append(["vidur", "a100-80g", "llama-2-70b", *row, h, kvh, hd, float(v) / 1e3])
+                        out["gemm"].append(["vidur", gpu, model, f"{model}/tp{tp}", t, n, k,
+                                            float(v) / 1e3])
+    # Vidur's a100/attention.csv is not used: it times an attention path ~2.5x slower than
+    # vLLM's own flash-attn kernels on the same GPU (AIConfigurator), i.e. another engine.
 
 
 _PROF_MODELS = {"Llama-3.1-8B": "llama-3.1-8b", "Qwen3-32B": "qwen3-32b",
@@ -156,23 +150,33 @@ def _profiles(shared: Path, out: dict[str, list[list[Any]]]) -> None:
                           "o_proj": (a.hidden, a.q_dim // tp)}
                 if ffn:
                     shapes |= {"gate_up_proj": (2 * ffn // tp, a.hidden), "down_proj": (a.hidden, ffn // tp)}
+                ew: dict[int, float] = {}
                 for r in _rows_gz(tpdir / "dense.csv.gz"):
                     t = int(r["tokens"])
+                    if r["layer"] in ("act_fn", "rotary_emb", "qk_norm", "layernorm"):
+                        ew[t] = ew.get(t, 0.0) + float(r["time_us"]) / 1e6 * (
+                            2 if r["layer"] == "layernorm" else 1)
                     if r["layer"] in shapes and (t in _POW2 or t % 256 == 0):
                         n, k = shapes[r["layer"]]
-                        out["gemm"].append(["prof", gpu, model, t, n, k, float(r["time_us"]) / 1e6])
+                        out["gemm"].append(["prof", gpu, model, f"{model}/tp{tp}", t, n, k,
+                                            float(r["time_us"]) / 1e6])
+                for t, v in sorted(ew.items()):
+                    if ffn and (t in _POW2 or t % 256 == 0):
+                        out["elementwise"].append(["prof", gpu, model, t, a.hidden,
+                                                   (a.q_dim + 2 * a.kv_dim) // tp, ffn // tp, v])
                 for r in _rows_gz(tpdir / "per_sequence.csv.gz"):
                     s = int(r["sequences"])
                     if r["layer"] == "lm_head" and s in _POW2:
-                        out["gemm"].append(["prof", gpu, model, s, a.vocab // tp, a.hidden,
-                                            float(r["time_us"]) / 1e6])
+                        out["gemm"].append(["prof", gpu, model, f"{model}/tp{tp}/lm_head", s,
+                                            a.vocab // tp, a.hidden, float(r["time_us"]) / 1e6])
                 h, kvh = a.num_heads // tp, max(a.num_kv_heads // tp, 1)
                 for i, r in enumerate(_rows_gz(tpdir / "attention.csv.gz")):
                     if i % 4:
                         continue  # the grid is dense; a quarter keeps every regime
                     pc, kp = int(r["prefill_chunk"]), int(r["kv_prefill"])
                     nd, kd = int(r["n_decode"]), int(r["kv_decode"])
-                    out["attn"].append(["prof", gpu, model, 1 if pc else 0, pc, kp if pc else 0, nd,
+                    out["attn"].append(["prof", gpu, model, f"{model}/tp{tp}", 1 if pc else 0, pc,
+                                        kp if pc else 0, nd,
                                         kd if nd else 0, h, kvh, a.head_dim, float(r["time_us"]) / 1e6])
                 moe = tpdir / "moe.csv.gz"
                 if moe.is_file():
@@ -182,6 +186,25 @@ def _profiles(shared: Path, out: dict[str, list[list[Any]]]) -> None:
                                            int(r["activated_experts"]), float(r["time_us"]) / 1e6])
 
 
+def _splitwise(shared: Path, dest: Path) -> None:
+    """Llama-2-70B static-batch step times on A100/H100, mean over repeats (validation only)."""
+    rows: dict[tuple, list[tuple[float, float]]] = {}
+    gpus = {"a100-80gb": "a100-80g", "h100-80gb": "h100"}
+    for r in _rows(shared / "groundtruth" / "splitwise-sim" / "perf_model.csv"):
+        if r["model"] != "llama2-70b" or r["hardware"] not in gpus:
+            continue
+        key = (gpus[r["hardware"]], int(r["tensor_parallel"]), int(r["prompt_size"]),
+               int(r["batch_size"]), int(r["token_size"]))
+        rows.setdefault(key, []).append((float(r["prompt_time"]), float(r["token_time"])))
+    lines = ["gpu,tp,prompt,batch,tokens,prompt_time_s,token_time_s"]
+    for k in sorted(rows):
+        v = rows[k]
+        pt, tt = sum(a for a, _ in v) / len(v) / 1e3, sum(b for _, b in v) / len(v) / 1e3
+        lines.append(",".join(str(x) for x in k) + f",{pt!r},{tt!r}")
+    with gzip.GzipFile(dest / "splitwise_steps.csv.gz", "wb", mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode())
+
+
 def extract(shared: Path, dest: Path = MEASURED) -> dict[str, int]:
     """Write the compact measured tables from the raw datasets; returns row counts."""
     out: dict[str, list[list[Any]]] = {k: [] for k in TABLES}
@@ -189,10 +212,12 @@ def extract(shared: Path, dest: Path = MEASURED) -> dict[str, int]:
     _vidur(shared, out)
     _profiles(shared, out)
     dest.mkdir(parents=True, exist_ok=True)
+    _splitwise(shared, dest)
     for name, cols in TABLES.items():
         with gzip.GzipFile(dest / f"{name}.csv.gz", "wb", mtime=0) as gz:
             text = "\n".join([",".join(cols)] + [",".join(_fmt(v) for v in row) for row in out[name]])
             gz.write((text + "\n").encode())
+    load_tables.cache_clear()
     return {k: len(v) for k, v in out.items()}
 
 
@@ -217,7 +242,9 @@ class Table:
         return Table({k: v[mask] for k, v in self.cols.items()})
 
 
+@functools.lru_cache(maxsize=4)
 def load_tables(src: Path = MEASURED) -> dict[str, Table]:
+    """The measured tables (cached per folder: callers must not modify the arrays)."""
     tables = {}
     for name, cols in TABLES.items():
         with gzip.open(src / f"{name}.csv.gz", "rt", newline="") as f:
@@ -225,7 +252,7 @@ def load_tables(src: Path = MEASURED) -> dict[str, Table]:
         data: dict[str, np.ndarray] = {}
         for i, c in enumerate(cols):
             vals = [r[i] for r in rows]
-            data[c] = np.array(vals, dtype=object) if c in ("source", "gpu", "model") \
+            data[c] = np.array(vals, dtype=object) if c in ("source", "gpu", "model", "group") \
                 else np.array(vals, dtype=np.float64)
         tables[name] = Table(data)
     return tables
@@ -261,25 +288,41 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     pairs = p_seqs * (n * ctx + n * (n + 1) / 2)
     kv_tok = 2.0 * t["kv_heads"] * t["head_dim"] * kv_bytes
     return {"pflop": 4.0 * pairs * t["heads"] * t["head_dim"] / g.flops_bf16,
-            "pwork": t["heads"] * p_seqs * n / 256.0, "mixed": ((p_seqs > 0) & (t["d_seqs"] > 0)) * 1.0,
+            "log_pwork": np.log2(np.maximum(n / 4.0, 1.0)),
+            "log_dseq": np.log2(np.maximum(t["d_seqs"], 1.0)),
+            "mixed": ((p_seqs > 0) & (t["d_seqs"] > 0)) * 1.0,
             "pctx": p_seqs * ctx * kv_tok / g.mem_bw, "pseq": p_seqs, "any_p": (p_seqs > 0) * 1.0,
             "dbytes": t["d_seqs"] * t["d_ctx"] * kv_tok / g.mem_bw, "dseq": t["d_seqs"],
             "any_d": (t["d_seqs"] > 0) * 1.0}
 
 
-def vec_attn(g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
-    f = attn_features(g, t)
-    pre = f["pflop"] / _eff(f["pwork"], c.pattn_eff) + f["pctx"] / c.dattn_mem_eff \
-        + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
-    mult = 1.0 + (c.mix_dec_factor - 1.0) * f["mixed"]
+def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Per-layer attention time of each row; ``f`` = precomputed ``attn_features`` (fitting)."""
+    if f is None:
+        f = attn_features(g, t)
+    knots = np.asarray(_LOG2_KNOTS)
+    pre = f["pflop"] / np.interp(f["log_pwork"], knots, np.asarray(c.pattn_eff)) \
+        + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
+    mult = 1.0 + (np.interp(f["log_dseq"], knots, np.asarray(c.mix_dec_factor)) - 1.0) * f["mixed"]
     dec = f["dbytes"] / c.dattn_mem_eff * mult + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"] \
         + c.mix_dseq * f["dseq"] * f["mixed"]
     return pre + dec
 
 
 def vec_allreduce(g: GPUSpec, c: Coeffs, n_gpus, nbytes) -> np.ndarray:
+    idx = np.array([ar_index(int(n)) for n in n_gpus], dtype=np.int64)
     ring = 2.0 * (n_gpus - 1) / n_gpus * nbytes
-    return c.ar_latency + ring / (g.link_bw * c.ar_eff)
+    return np.asarray(c.ar_latency)[idx] + ring / (g.link_bw * np.asarray(c.ar_eff)[idx])
+
+
+def elementwise_bytes(tokens, hidden, qkv, inter):
+    """Bytes the norms, rotary, activation and residual passes of one layer move."""
+    return tokens * 2.0 * (8 * hidden + 2 * qkv + 3 * inter)
+
+
+def vec_elementwise(g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
+    nbytes = elementwise_bytes(t["tokens"], t["hidden"], t["qkv"], t["inter"])
+    return c.elementwise_launch + nbytes / (g.mem_bw * c.elementwise_eff)
 
 
 def predict(op: str, g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
@@ -289,6 +332,8 @@ def predict(op: str, g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
         return vec_moe(g, c, t["tokens"], t["hidden"], t["inter"], t["topk"], t["experts"], t["touched"])
     if op == "attn":
         return vec_attn(g, c, t)
+    if op == "elementwise":
+        return vec_elementwise(g, c, t)
     return vec_allreduce(g, c, t["n_gpus"], t["nbytes"])
 
 
@@ -299,7 +344,7 @@ def _loss(pred: np.ndarray, meas: np.ndarray) -> float:
 
 def _search(c: Coeffs, name: str, idx: int | None, grid: np.ndarray, f) -> Coeffs:
     """Pick the grid value of one coefficient (or one knot) that minimises ``f(coeffs)``."""
-    best, best_c = math.inf, c
+    best, best_c = f(c), c  # keep the current value unless a grid value is strictly better
     for v in grid:
         if idx is None:
             cand = _replace(c, **{name: float(v)})
@@ -307,6 +352,18 @@ def _search(c: Coeffs, name: str, idx: int | None, grid: np.ndarray, f) -> Coeff
             tab = list(getattr(c, name))
             tab[idx] = float(v)
             cand = _replace(c, **{name: tuple(tab)})
+        loss = f(cand)
+        if loss < best:
+            best, best_c = loss, cand
+    return best_c
+
+
+def _search_level(c: Coeffs, name: str, grid: np.ndarray, f) -> Coeffs:
+    """Best flat curve: a start for the per-knot search that has data everywhere."""
+    best, best_c = f(c), c
+    n = len(getattr(c, name))
+    for v in grid:
+        cand = _replace(c, **{name: (float(v),) * n})
         loss = f(cand)
         if loss < best:
             best, best_c = loss, cand
@@ -323,11 +380,10 @@ MAX_STEP = 1.6  # efficiency may at most x1.6 per doubling of size: more work ne
 
 
 def _monotone(tab: tuple[float, ...]) -> tuple[float, ...]:
-    """Efficiency never drops as the work grows, and never rises faster than the work, so the
-    time of an operator is non-decreasing in its size (tests check monotone step times)."""
+    """Efficiency never rises faster than the work (x1.6 per doubling), so the time of an
+    operator is non-decreasing in its size (tests check monotone step times). Low knots are
+    raised, never high ones lowered: small sizes are launch/memory bound anyway."""
     out = list(tab)
-    for i in range(1, len(out)):
-        out[i] = max(out[i], out[i - 1])
     for i in range(len(out) - 2, -1, -1):
         out[i] = max(out[i], out[i + 1] / MAX_STEP)
     return tuple(out)
@@ -342,6 +398,7 @@ def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, l
         return _loss(predict(op, g, cc, t), meas)
 
     eff_grid = np.geomspace(0.005, 1.3, 60)
+    c = _search_level(c, curve, eff_grid, f)
     for _ in range(3):
         c = _search(c, mem, None, np.linspace(0.3, 1.2, 46), f)
         c = _search(c, launch, None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), f)
@@ -371,11 +428,13 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
                      dattn_seq=float(s[2]))
     if pre.sum() >= 4:
         tp_ = t.where(pre)
+        fp = attn_features(g, tp_)
 
         def loss(cc: Coeffs) -> float:
-            return _loss(vec_attn(g, cc, tp_), tp_["time_s"])
+            return _loss(vec_attn(g, cc, tp_, fp), tp_["time_s"])
 
         grid = np.geomspace(0.01, 1.3, 50)
+        c = _search_level(c, "pattn_eff", grid, loss)
         for _ in range(3):
             c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
             c = _search(c, "pattn_seq", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-4, 40)]), loss)
@@ -383,21 +442,51 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
                 c = _search(c, "pattn_eff", i, grid, loss)
             c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
     if mix.sum() >= 4:
-        tm = t.where(mix)
-        fm = attn_features(g, tm)
-        base = vec_attn(g, _replace(c, mix_dec_factor=1.0, mix_dseq=0.0), tm) - fm["dbytes"] / c.dattn_mem_eff
-        rest = tm["time_s"] - base
-        s = _wls([fm["dbytes"] / c.dattn_mem_eff, fm["dseq"]], np.maximum(rest, 0.05 * tm["time_s"]))
-        c = _replace(c, mix_dec_factor=max(float(s[0]), 1.0), mix_dseq=float(s[1]))
+        c = _fit_mixed(c, t.where(mix), g)
     return c
 
 
+def _fit_mixed(c: Coeffs, tm: Table, g: GPUSpec) -> Coeffs:
+    """Per decode-batch-size multiplier on the decode KV read when prefill shares the
+    kernel, by coordinate search on the mixed rows' log error."""
+    fm = attn_features(g, tm)
+
+    def loss(cc: Coeffs) -> float:
+        return _loss(vec_attn(g, cc, tm, fm), tm["time_s"])
+
+    grid = np.geomspace(1.0, 20.0, 45)
+    c = _search_level(c, "mix_dec_factor", grid, loss)
+    for _ in range(2):
+        for i in range(len(_LOG2_KNOTS)):
+            c = _search(c, "mix_dec_factor", i, grid, loss)
+        tab = list(c.mix_dec_factor)
+        for i in range(len(tab) - 2, -1, -1):  # non-decreasing in decode seqs: a joining
+            tab[i] = min(tab[i], tab[i + 1])  # decode (of any length) never makes a step cheaper
+        c = _replace(c, mix_dec_factor=tuple(tab))
+    return _replace(c, mix_dseq=0.0)
+
+
 def _fit_allreduce(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
+    """Latency + bandwidth per GPU count (PCIe all-reduce scales far worse than NVLink)."""
+    lat, eff = list(c.ar_latency), list(c.ar_eff)
+    for i in range(3):
+        sub = t.where(np.array([ar_index(int(n)) == i for n in t["n_gpus"]], dtype=bool))
+        if len(sub) < 3:
+            continue
+        ring = 2.0 * (sub["n_gpus"] - 1) / sub["n_gpus"] * sub["nbytes"] / g.link_bw
+        s = _wls([np.ones(len(sub)), ring], sub["time_s"])
+        lat[i], eff[i] = float(s[0]), 1.0 / max(float(s[1]), 1.0 / 1.5)
+    return _replace(c, ar_latency=tuple(lat), ar_eff=tuple(eff))
+
+
+def _fit_elementwise(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
     if len(t) < 3:
         return c
-    ring = 2.0 * (t["n_gpus"] - 1) / t["n_gpus"] * t["nbytes"] / g.link_bw
-    s = _wls([np.ones(len(t)), ring], t["time_s"])
-    return _replace(c, ar_latency=float(s[0]), ar_eff=1.0 / max(s[1], 1.0 / 1.5))
+    x = elementwise_bytes(t["tokens"], t["hidden"], t["qkv"], t["inter"]) / g.mem_bw
+    s = _wls([np.ones(len(t)), x], t["time_s"])
+    # an accounting factor more than a physical efficiency (vLLM fuses some of these passes,
+    # so fewer bytes move than the unfused count in elementwise_bytes): allowed up to 3
+    return _replace(c, elementwise_launch=float(s[0]), elementwise_eff=1.0 / max(float(s[1]), 1.0 / 3.0))
 
 
 def fit_gpu(tables: dict[str, Table], gpu: str, start: Coeffs) -> Coeffs:
@@ -407,6 +496,7 @@ def fit_gpu(tables: dict[str, Table], gpu: str, start: Coeffs) -> Coeffs:
     c = _fit_curve(start, sub["gemm"], g, "gemm", "gemm_eff", "gemm_mem_eff", "gemm_launch")
     c = _fit_curve(c, sub["moe"], g, "moe", "moe_eff", "moe_mem_eff", "moe_launch")
     c = _fit_attn(c, sub["attn"], g)
+    c = _fit_elementwise(c, sub["elementwise"], g)
     return _fit_allreduce(c, sub["allreduce"], g)
 
 
@@ -421,7 +511,7 @@ def prior_from(fitted: dict[str, Coeffs], start: Coeffs) -> Coeffs:
             kw[f.name] = tuple(float(x) for x in np.median(np.array(vals), axis=0))
         else:
             kw[f.name] = float(np.median(vals))
-    for f in ("step_overhead", "seq_overhead", "elementwise_eff", "scale"):
+    for f in ("step_overhead", "seq_overhead", "scale"):
         kw[f] = getattr(start, f)
     return Coeffs(**kw)
 
@@ -430,14 +520,60 @@ def measured_gpus(tables: dict[str, Table]) -> list[str]:
     return sorted({str(x) for t in tables.values() for x in t["gpu"]})
 
 
-def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = None
-            ) -> tuple[dict[str, Coeffs], dict[str, Coeffs]]:
-    """Per-GPU fits and per-architecture-family priors (``default`` = all GPUs)."""
-    fitted = {g: fit_gpu(tables, g, start) for g in measured_gpus(tables) if g != exclude_gpu}
+_GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch"),
+           "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
+           "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "dattn_mem_eff", "dattn_seq",
+                    "dattn_launch"),
+           # the mixed-batch penalty is a property of vLLM's varlen kernel, not of one chip:
+           # GPUs without mixed-batch measurements take it from those with them
+           "mixed": ("mix_dec_factor", "mix_dseq"),
+           "allreduce": ("ar_latency", "ar_eff"),
+           "elementwise": ("elementwise_eff", "elementwise_launch")}
+
+
+def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
+    """Coefficient groups that ``gpu`` has rows for."""
+    has = {op for op, t in tables.items() if op in _GROUPS and (t["gpu"] == gpu).any()}
+    a = tables["attn"]
+    if ((a["gpu"] == gpu) & (a["p_seqs"] > 0) & (a["d_seqs"] > 0)).any():
+        has.add("mixed")
+    return has
+
+
+def _priors(fitted: dict[str, Coeffs], start: Coeffs) -> dict[str, Coeffs]:
+    """Median coefficients per architecture family and per interconnect (nvlink / pcie)."""
     priors = {"default": prior_from(fitted, start)}
     for fam in sorted({GPUS[g].arch for g in fitted}):
         priors[fam] = prior_from({g: c for g, c in fitted.items() if GPUS[g].arch == fam}, start)
-    return fitted, priors
+    for link, flag in (("nvlink", True), ("pcie", False)):
+        members = {g: c for g, c in fitted.items() if GPUS[g].nvlink == flag}
+        if members:
+            priors[link] = prior_from(members, start)
+    return priors
+
+
+def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = None
+            ) -> tuple[dict[str, Coeffs], dict[str, Coeffs]]:
+    """Per-GPU fits and per-architecture-family priors (``default`` = all GPUs).
+
+    Operator classes a GPU has no rows for are taken from the prior of the GPUs that do
+    (the family's when it has one), not from the built-in guess."""
+    gpus = [g for g in measured_gpus(tables) if g != exclude_gpu]
+    fitted = {g: fit_gpu(tables, g, start) for g in gpus}
+    has = {g: ops_measured(tables, g) for g in gpus}
+    group_priors = {}
+    for op in _GROUPS:
+        donors = {g: c for g, c in fitted.items() if op in has[g]}
+        group_priors[op] = _priors(donors, start) if donors else {}
+    for g in gpus:
+        for op, names in _GROUPS.items():
+            pri = group_priors[op]
+            if op in has[g] or not pri:
+                continue
+            key = ("nvlink" if GPUS[g].nvlink else "pcie") if op == "allreduce" else GPUS[g].arch
+            src = pri.get(key, pri["default"])
+            fitted[g] = _replace(fitted[g], **{n: getattr(src, n) for n in names})
+    return fitted, _priors(fitted, start)
 
 
 def split_key(model: str) -> float:
@@ -450,6 +586,10 @@ def run_fit(shared: Path | None = None, out: Path | None = None) -> dict[str, An
     from sluice.perf.fitted import PRIOR
 
     counts = extract(shared) if shared is not None else None
+    if shared is not None:
+        from sluice.perf.validate import extract_e2e
+
+        extract_e2e(shared)
     tables = load_tables()
     fitted, priors = fit_all(tables, PRIOR)
     doc = {"comment": "written by `sluice perf fit`; efficiencies are fractions of hardware.py peaks",

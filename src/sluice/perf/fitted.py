@@ -11,7 +11,7 @@ family (the mean of the measured GPUs) used for GPUs never measured (H200, B200,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ _GEMM_PRIOR = (0.02, 0.03, 0.05, 0.09, 0.16, 0.28, 0.42, 0.55, 0.64, 0.70, 0.72,
                0.74, 0.74)
 PRIOR = Coeffs(gemm_eff=_GEMM_PRIOR, gemm_mem_eff=0.8, gemm_launch=4e-6, moe_eff=_GEMM_PRIOR,
                moe_mem_eff=0.7, moe_launch=20e-6, pattn_eff=tuple(min(0.5, 0.05 * 1.4**i) for i in range(16)), pattn_seq=1e-6, pattn_launch=8e-6,
-               dattn_mem_eff=0.6, dattn_seq=0.2e-6, dattn_launch=8e-6, ar_latency=8e-6, ar_eff=0.6,
-               elementwise_eff=0.6, step_overhead=2.0e-3, seq_overhead=8e-6)
+               dattn_mem_eff=0.6, dattn_seq=0.2e-6, dattn_launch=8e-6, ar_latency=(8e-6, 15e-6, 25e-6), ar_eff=(0.6, 0.5, 0.4),
+               elementwise_eff=0.6, elementwise_launch=10e-6, step_overhead=2.0e-3, seq_overhead=8e-6)
 
 
 def coeffs_path() -> Path:
@@ -68,6 +68,11 @@ def fitted_coeffs(gpu: GPUSpec, table: dict[str, Any] | None = None) -> tuple[Co
         return coeffs_from_dict(gpus[gpu.name], f"coeffs.json gpus.{gpu.name}"), f"measured:{gpu.name}"
     priors = t.get("priors", {})
     fam = gpu.arch if gpu.arch in priors else "default"
-    if fam in priors:
-        return coeffs_from_dict(priors[fam], f"coeffs.json priors.{fam}"), f"prior:{fam}"
-    return PRIOR, "prior:builtin"
+    if fam not in priors:
+        return PRIOR, "prior:builtin"
+    c = coeffs_from_dict(priors[fam], f"coeffs.json priors.{fam}")
+    link = "nvlink" if gpu.nvlink else "pcie"
+    if link in priors:  # all-reduce cost follows the interconnect, not the chip family
+        lc = coeffs_from_dict(priors[link], f"coeffs.json priors.{link}")
+        c = replace(c, ar_latency=lc.ar_latency, ar_eff=lc.ar_eff)
+    return c, f"prior:{fam}"

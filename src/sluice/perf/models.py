@@ -190,22 +190,26 @@ def activation_reserve(arch: ModelArch, tp: int, max_num_batched_tokens: int,
     return max_num_batched_tokens * per_token * 2.0 + sampler
 
 
-def weight_bytes_per_gpu(arch: ModelArch, tp: int) -> float:
-    return arch.weight_total_bytes() / tp
+def weight_bytes_per_gpu(arch: ModelArch, tp: int, ep: int = 1) -> float:
+    """Weights on one GPU: everything sharded ``tp`` ways, routed experts also ``ep`` ways."""
+    experts = arch.num_layers * arch.num_experts * arch.expert_params() * arch.weight_bytes
+    return (arch.weight_total_bytes() - experts * (1.0 - 1.0 / ep)) / tp
 
 
 def kv_cache_bytes(arch: ModelArch, mem_bytes: int, tp: int, gpu_memory_utilization: float,
-                   max_num_batched_tokens: int = 2048, max_num_seqs: int = 256) -> float:
+                   max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, ep: int = 1) -> float:
     """Bytes left for the KV cache on each GPU (may be negative: the model does not fit)."""
     budget = mem_bytes * gpu_memory_utilization
-    return (budget - weight_bytes_per_gpu(arch, tp) - NON_TORCH_BYTES
+    return (budget - weight_bytes_per_gpu(arch, tp, ep) - NON_TORCH_BYTES
             - activation_reserve(arch, tp, max_num_batched_tokens, max_num_seqs))
 
 
 def kv_blocks(arch: ModelArch, mem_bytes: int, tp: int, gpu_memory_utilization: float,
-              block_size: int, max_num_batched_tokens: int = 2048, max_num_seqs: int = 256) -> int:
+              block_size: int, max_num_batched_tokens: int = 2048, max_num_seqs: int = 256,
+              ep: int = 1) -> int:
     """KV blocks per GPU as vLLM allocates them (each block holds all layers of its tokens)."""
     free = kv_cache_bytes(arch, mem_bytes, tp, gpu_memory_utilization, max_num_batched_tokens,
-                          max_num_seqs)
-    per_block = block_size * arch.kv_bytes_per_token() / tp
+                          max_num_seqs, ep)
+    kv_heads_gpu = max(arch.num_kv_heads // tp, 1)  # replicated when tp > kv heads
+    per_block = block_size * 2 * arch.num_layers * kv_heads_gpu * arch.head_dim * arch.kv_bytes
     return max(int(free // per_block), 0)

@@ -28,10 +28,10 @@ def list_gpus() -> list[str]:
 
 
 def _check_fits(arch: _models.ModelArch, gpu: hardware.GPUSpec, tp: int, util: float,
-                mnbt: int, max_num_seqs: int) -> None:
-    need = _models.weight_bytes_per_gpu(arch, tp)
+                mnbt: int, max_num_seqs: int, ep: int) -> None:
+    need = _models.weight_bytes_per_gpu(arch, tp, ep)
     have = gpu.mem_bytes * util
-    free = _models.kv_cache_bytes(arch, gpu.mem_bytes, tp, util, mnbt, max_num_seqs)
+    free = _models.kv_cache_bytes(arch, gpu.mem_bytes, tp, util, mnbt, max_num_seqs, ep)
     if free <= 0:
         gib = 1024**3
         reserve = need + (have - need - free)
@@ -64,12 +64,13 @@ def _coeffs(kind: str, gpu: hardware.GPUSpec, calibration: str | None) -> Coeffs
 def build_perf_model(model: str, gpu: str, tp: int = 1, kind: str = "fitted",
                      gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, *,
                      calibration: str | None = None, max_num_batched_tokens: int | None = None,
-                     max_num_seqs: int | None = None) -> PerfModel:
+                     max_num_seqs: int | None = None, ep: int = 1) -> PerfModel:
     """PerfModel for ``model`` (shipped id or config path) on ``tp`` x ``gpu``.
 
     Raises ConfigError for unknown names, bad numbers, or a model that does not fit.
     ``max_num_batched_tokens``/``max_num_seqs`` only size the activation reserve (vLLM's
-    profile run); defaults are vLLM's online-serving defaults.
+    profile run); defaults are vLLM's online-serving defaults. ``ep`` > 1 models one rank of
+    vLLM data parallel + expert parallel over ``ep`` ranks (MoE models only).
     """
     spec = hardware.get_gpu(gpu)
     arch = _models.load_arch(model)
@@ -81,9 +82,13 @@ def build_perf_model(model: str, gpu: str, tp: int = 1, kind: str = "fitted",
         raise ConfigError(f"tp={tp} does not divide {arch.name}'s {arch.num_kv_heads} KV heads")
     if arch.num_heads % tp:
         raise ConfigError(f"tp={tp} does not divide {arch.name}'s {arch.num_heads} attention heads")
+    if not isinstance(ep, int) or ep < 1 or (ep > 1 and not arch.is_moe):
+        raise ConfigError(f"ep must be 1, or > 1 for a MoE model; got ep={ep!r} for {arch.name}")
+    if ep > 1 and arch.num_experts % ep:
+        raise ConfigError(f"ep={ep} does not divide {arch.name}'s {arch.num_experts} experts")
     mnbt = max_num_batched_tokens or 2048
     mns = max_num_seqs or 256
-    _check_fits(arch, spec, tp, gpu_memory_utilization, mnbt, mns)
+    _check_fits(arch, spec, tp, gpu_memory_utilization, mnbt, mns, ep)
     coeffs = _coeffs(kind, spec, calibration)
     if max_model_len is None:
         max_model_len = arch.max_position_embeddings
@@ -92,15 +97,17 @@ def build_perf_model(model: str, gpu: str, tp: int = 1, kind: str = "fitted",
 
     def blocks(block_size: int) -> int:
         return _models.kv_blocks(arch, spec.mem_bytes, tp, gpu_memory_utilization, block_size,
-                                 mnbt, mns)
+                                 mnbt, mns, ep)
 
     tag = kind if not calibration else f"calibrated:{calibration}"
-    return StepCostModel(arch, spec, tp, coeffs, name=f"{arch.name}@{spec.name}x{tp}/{tag}",
-                         max_model_len=max_model_len, kv_blocks_fn=blocks)
+    ep_tag = f"ep{ep}" if ep > 1 else ""
+    return StepCostModel(arch, spec, tp, coeffs, name=f"{arch.name}@{spec.name}x{tp}{ep_tag}/{tag}",
+                         max_model_len=max_model_len, kv_blocks_fn=blocks, ep=ep)
 
 
 def with_coeffs(model: StepCostModel, **changes: float) -> StepCostModel:
     """A copy of ``model`` with some coefficients changed (for fitting and tests)."""
     c = replace(model.c, **changes)
     return StepCostModel(model.arch, model.gpu, model.tp, c, name=model.name,
-                         max_model_len=model.max_model_len, kv_blocks_fn=model._kv_blocks_fn)
+                         max_model_len=model.max_model_len, kv_blocks_fn=model._kv_blocks_fn,
+                         ep=model.ep)

@@ -14,8 +14,11 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
   fill the tensor cores);
 * MoE: routed-expert FLOPs for ``T*top_k`` token-expert pairs and the weights of the experts
   touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
-* attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus KV read of the cached
-  context; decode reads ``decode_ctx`` tokens of KV, plus a per-sequence cost;
+* attention: prefill FLOPs from query-key pairs (``prefill_attn``) at an efficiency indexed by
+  the mean chunk length, plus KV read of the cached context; decode reads ``decode_ctx`` tokens
+  of KV, plus per-layer and per-sequence costs; in a mixed prefill+decode step the decode read
+  costs ``mix_dec_factor(decode_seqs)`` times more (one varlen kernel, no split-KV);
+* norms / rotary / activation as bytes moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
 * per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
 """
@@ -44,17 +47,21 @@ class Coeffs:
     moe_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff vs token-expert pairs/expert
     moe_mem_eff: float = 1.0
     moe_launch: float = 0.0  # per MoE layer
-    pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # FLOP eff at heads*tokens = 256*2**knot
+    pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # FLOP eff at mean chunk = 4*2**knot
     pattn_seq: float = 0.0  # per prefill chunk per layer
     pattn_launch: float = 0.0  # per layer when any prefill
     dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
     dattn_seq: float = 0.0  # per decode sequence per layer
     dattn_launch: float = 0.0  # per layer when any decode
-    mix_dec_factor: float = 1.0  # decode KV read cost multiplier inside a mixed prefill+decode batch
+    # decode KV-read cost multiplier inside a mixed prefill+decode batch, at decode_seqs = 2**knot
+    # (vLLM runs one varlen kernel without split-KV there, so a few long decodes give too few
+    # thread blocks to fill the GPU)
+    mix_dec_factor: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
     mix_dseq: float = 0.0  # extra per decode sequence per layer inside a mixed batch
-    ar_latency: float = 0.0  # per all-reduce call
-    ar_eff: float = 1.0  # fraction of link bandwidth
+    ar_latency: tuple[float, ...] = (0.0, 0.0, 0.0)  # per all-reduce call, for 2 / 4 / 8 GPUs
+    ar_eff: tuple[float, ...] = (1.0, 1.0, 1.0)  # fraction of link bandwidth, for 2 / 4 / 8 GPUs
     elementwise_eff: float = 1.0  # norms, rope, activation: bytes moved vs bandwidth
+    elementwise_launch: float = 0.0  # per layer
     step_overhead: float = 0.0  # per step (scheduler, launch, python)
     seq_overhead: float = 0.0  # per sequence in the step (input prep, sampling)
     scale: float = 1.0  # calibration multiplier on the whole step
@@ -72,6 +79,11 @@ def _interp_log2(m: float, table: tuple[float, ...]) -> float:
     return table[i] * (1.0 - f) + table[i + 1] * f
 
 
+def ar_index(n: int) -> int:
+    """Coefficient slot for an all-reduce over ``n`` GPUs: 2 -> 0, 4 -> 1, 8+ -> 2."""
+    return min(max(int(n).bit_length() - 2, 0), 2)
+
+
 @dataclass(slots=True)
 class _Shapes:
     """Per-GPU GEMM shapes (N, K) of one layer and of the lm_head."""
@@ -84,8 +96,9 @@ class StepCostModel:
     """A PerfModel for (model, GPU, TP) given :class:`Coeffs`."""
 
     def __init__(self, arch: ModelArch, gpu: GPUSpec, tp: int, coeffs: Coeffs, *, name: str,
-                 max_model_len: int, kv_blocks_fn=None) -> None:
+                 max_model_len: int, kv_blocks_fn=None, ep: int = 1) -> None:
         self.arch, self.gpu, self.tp, self.c = arch, gpu, tp, coeffs
+        self.ep = ep  # expert parallel over ``ep`` data-parallel ranks (vLLM DP+EP)
         self.name = name
         self.num_layers = arch.num_layers
         self.max_model_len = max_model_len
@@ -98,13 +111,11 @@ class StepCostModel:
         self._kv_heads_gpu = max(arch.num_kv_heads // tp, 1)  # vLLM replicates KV heads if tp > kv
         kv_layer_gpu = 2 * self._kv_heads_gpu * arch.head_dim * arch.kv_bytes  # per token, layer, GPU
         self._shapes = self._gemm_shapes()
-        self._kv_layer_gpu = kv_layer_gpu
+        self._kv_tok_gpu = arch.num_layers * kv_layer_gpu  # KV bytes of one token on one GPU
         L = arch.num_layers
         self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
         self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
         self._pattn_flop = L * 4.0 * arch.q_dim / tp / self._attn_peak
-        self._heads_gpu = arch.num_heads // tp
-        self._mix_slope = self._dec_slope * coeffs.mix_dec_factor
 
     # ---- static parts -------------------------------------------------------------------
     def _gemm_shapes(self) -> _Shapes:
@@ -135,12 +146,18 @@ class StepCostModel:
         return (t_c if t_c > t_m else t_m) + c.gemm_launch
 
     def moe_time(self, tokens: float) -> float:
-        """Routed experts of one layer for ``tokens`` tokens (weights sharded ``tp`` ways)."""
+        """Routed experts of one layer for ``tokens`` tokens (weights sharded ``tp`` ways).
+
+        With expert parallelism over ``ep`` DP ranks each rank holds ``E/ep`` experts and
+        serves the tokens of all ranks (assumed equally loaded, as vLLM steps them in lock
+        step); tokens are exchanged by an all-gather + reduce-scatter (priced as an all-reduce
+        of the gathered tokens)."""
         a, c = self.arch, self.c
         if not a.is_moe or tokens <= 0:
             return 0.0
-        e, k = a.num_experts, a.top_k
-        touched = e * (1.0 - (1.0 - k / e) ** tokens)
+        e, k, ep = a.num_experts, a.top_k, self.ep
+        seen = tokens * ep
+        touched = e / ep * (1.0 - (1.0 - k / e) ** seen)
         pairs = tokens * k
         per_expert = pairs / touched
         flops = 2.0 * pairs * a.expert_params() / self.tp
@@ -148,22 +165,27 @@ class StepCostModel:
         t_c = flops / (self._peak * eff)
         bytes_ = touched * a.expert_params() * a.weight_bytes / self.tp + 4.0 * pairs * a.hidden * 2
         t_m = bytes_ / (self.gpu.mem_bw * c.moe_mem_eff)
-        return (t_c if t_c > t_m else t_m) + c.moe_launch
+        comm = self.allreduce_time(seen, ep) if ep > 1 else 0.0
+        return (t_c if t_c > t_m else t_m) + c.moe_launch + comm
 
-    def allreduce_time(self, tokens: float) -> float:
-        """One all-reduce of ``tokens x hidden`` bf16 activations across ``tp`` GPUs."""
-        if self.tp <= 1 or tokens <= 0:
+    def allreduce_time(self, tokens: float, n: int | None = None) -> float:
+        """One all-reduce of ``tokens x hidden`` bf16 activations across ``n`` (= tp) GPUs."""
+        n = self.tp if n is None else n
+        if n <= 1 or tokens <= 0:
             return 0.0
+        i = ar_index(n)
         nbytes = tokens * self.arch.hidden * 2.0
-        ring = 2.0 * (self.tp - 1) / self.tp * nbytes
-        return self.c.ar_latency + ring / (self.gpu.link_bw * self.c.ar_eff)
+        ring = 2.0 * (n - 1) / n * nbytes
+        return self.c.ar_latency[i] + ring / (self.gpu.link_bw * self.c.ar_eff[i])
 
     def elementwise_time(self, tokens: float) -> float:
         """Norms, rotary, activation, residual adds of one layer: memory-bound passes."""
         a = self.arch
-        nbytes = tokens * 2.0 * (8 * a.hidden + (a.q_dim + 2 * a.kv_dim) / self.tp * 2
-                                 + 3 * (a.shared_intermediate if a.is_moe else a.intermediate) / self.tp)
-        return nbytes / (self.gpu.mem_bw * self.c.elementwise_eff)
+        qkv = self._shapes.layer[0][0]
+        inter = (a.shared_intermediate + a.top_k * a.moe_intermediate if a.is_moe
+                 else a.intermediate) / self.tp
+        nbytes = tokens * 2.0 * (8 * a.hidden + 2 * qkv + 3 * inter)
+        return self.c.elementwise_launch + nbytes / (self.gpu.mem_bw * self.c.elementwise_eff)
 
     def token_time(self, tokens: float, seqs: int) -> float:
         """Everything that depends only on the token and sequence counts (cached per key)."""
@@ -188,7 +210,7 @@ class StepCostModel:
 
     def prefill_attn_time(self, s: BatchStats) -> float:
         c = self.c
-        eff = _interp_log2(self._heads_gpu * s.prefill_tokens / 256.0, c.pattn_eff)
+        eff = _interp_log2(s.prefill_tokens / s.prefill_seqs / 4.0, c.pattn_eff)
         flops_t = s.prefill_attn * self._pattn_flop / eff
         ctx_t = s.prefill_ctx * self._pctx_slope
         per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs)
@@ -211,14 +233,12 @@ class StepCostModel:
         pre = self.prefill_attn_time(stats) if stats.prefill_seqs else 0.0
         base = (fixed + pre) * self.c.scale
         if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more
-            dec = (self.decode_fixed(stats.decode_seqs) + self._mix_slope * stats.decode_ctx
+            mult = _interp_log2(stats.decode_seqs, self.c.mix_dec_factor)
+            dec = (self.decode_fixed(stats.decode_seqs) + self._dec_slope * mult * stats.decode_ctx
                    + self.num_layers * self.c.mix_dseq * stats.decode_seqs * self.c.scale)
         else:
             dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
-        t = base + dec
-        if stats.swap_in_blocks or stats.swap_out_blocks:
-            t += self._swap_blocks_time(stats.swap_in_blocks + stats.swap_out_blocks)
-        return t
+        return base + dec  # swaps are priced by the executor with swap_time (may overlap)
 
     def decode_run(self, batch: int, ctx_sum: int, k: int) -> np.ndarray:
         if k <= 0:
@@ -231,17 +251,13 @@ class StepCostModel:
         dec = self.decode_fixed(batch) + self._dec_slope * ctx
         return base + dec
 
-    def _block_bytes(self) -> float:
-        return self.block_size * self.kv_bytes_per_token / self.tp
-
-    def _swap_blocks_time(self, blocks: int) -> float:
-        return blocks * self._block_bytes() / self.gpu.host_bw
-
     def swap_time(self, blocks: int, contiguous_runs: int) -> float:
-        """PCIe copy of the blocks plus a per-run-per-layer copy launch (~5 us each)."""
+        """Host<->GPU copy of the blocks plus a copy launch per contiguous run per layer (~5 us:
+        vLLM copies each layer's KV tensor separately)."""
         if blocks <= 0:
             return 0.0
-        return self._swap_blocks_time(blocks) + 5e-6 * max(contiguous_runs, 1) * self.num_layers
+        nbytes = blocks * self.block_size * self._kv_tok_gpu
+        return nbytes / self.gpu.host_bw + 5e-6 * max(contiguous_runs, 1) * self.num_layers
 
     def kv_capacity_blocks(self, block_size: int) -> int:
         if self._kv_blocks_fn is None:

@@ -74,7 +74,20 @@ def build_perf(cfg: SimConfig) -> PerfModel:
 
     return build_perf_model(cfg.model, cfg.gpu, tp=cfg.tp, kind=cfg.perf_kind,
                             gpu_memory_utilization=cfg.gpu_memory_utilization,
-                            max_model_len=cfg.max_model_len)
+                            max_model_len=cfg.max_model_len,
+                            max_num_batched_tokens=_knob(cfg, "max_num_batched_tokens"),
+                            max_num_seqs=_knob(cfg, "max_num_seqs"))
+
+
+def _knob(cfg: SimConfig, name: str) -> int | None:
+    """The user's value, else the policy's default (None: the perf model's vLLM default).
+    These size vLLM's activation reserve, hence the KV capacity."""
+    value = getattr(cfg, name)
+    if value is None and "+" not in cfg.policy:
+        from sluice.policies.base import get_policy_class
+
+        value = get_policy_class(cfg.policy).scheduler_defaults.get(name)
+    return value
 
 
 def build_engine(cfg: SimConfig, perf: PerfModel | None = None) -> Engine:

@@ -1,0 +1,116 @@
+"""The fitting code prices rows with the same formulas the runtime uses, and the shipped
+coefficients are sane (efficiencies in (0, 1.3], curves that keep operators monotone)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sluice.core.plan import BatchStats
+from sluice.perf.fit import (MAX_STEP, Table, _monotone, load_tables, vec_allreduce, vec_attn,
+                             vec_gemm, vec_moe)
+from sluice.perf.fitted import coeffs_from_dict, coeffs_path, fitted_coeffs
+from sluice.perf.hardware import GPUS, get_gpu
+from sluice.perf.registry import build_perf_model
+from sluice.errors import ConfigError
+
+
+def _table(**cols) -> Table:
+    n = len(next(iter(cols.values())))
+    base = {"source": np.array(["t"] * n, dtype=object), "gpu": np.array(["h100"] * n, dtype=object),
+            "model": np.array(["m"] * n, dtype=object), "time_s": np.ones(n)}
+    base.update({k: np.asarray(v, dtype=np.float64) for k, v in cols.items()})
+    return Table(base)
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return build_perf_model("llama-3.1-8b", "h100", tp=2)
+
+
+def test_vectorised_gemm_and_moe_match_runtime(pm) -> None:
+    g, c = pm.gpu, pm.c
+    for m, n, k in [(1, 4096, 4096), (37, 14336, 4096), (4096, 128256, 4096), (20000, 6144, 4096)]:
+        assert vec_gemm(g, c, np.array([m]), n, k)[0] == pytest.approx(pm.gemm_time(m, n, k), rel=1e-12)
+    moe = build_perf_model("qwen3-30b-a3b", "h100", tp=2)
+    a = moe.arch
+    for tokens in (1, 7, 300, 4096):
+        want = moe.moe_time(tokens)
+        got = vec_moe(moe.gpu, moe.c, np.array([float(tokens)]), a.hidden, a.moe_intermediate / 2,
+                      a.top_k, a.num_experts)[0]
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_vectorised_attention_matches_runtime(pm) -> None:
+    from sluice.perf.roofline import _interp_log2
+
+    a, L = pm.arch, pm.num_layers
+    heads, kvh = a.num_heads // 2, a.num_kv_heads // 2
+    for ps, n, ctx, ds, dctx in [(1, 512, 0, 0, 0), (2, 100, 300, 0, 0), (0, 0, 0, 64, 900),
+                                 (1, 256, 1024, 32, 2000)]:
+        t = _table(p_seqs=[ps], p_new=[n], p_ctx=[ctx], d_seqs=[ds], d_ctx=[dctx], heads=[heads],
+                   kv_heads=[kvh], head_dim=[a.head_dim])
+        s = BatchStats(prefill_tokens=ps * n, prefill_seqs=ps,
+                       prefill_attn=ps * (n * ctx + n * (n + 1) / 2), prefill_ctx=ps * ctx,
+                       decode_seqs=ds, decode_ctx=ds * dctx)
+        runtime = pm.prefill_attn_time(s) if ps else 0.0
+        if ds:
+            mult = _interp_log2(ds, pm.c.mix_dec_factor) if ps else 1.0
+            runtime += pm.decode_fixed(ds) + pm._dec_slope * mult * s.decode_ctx
+        assert vec_attn(pm.gpu, pm.c, t)[0] * L == pytest.approx(runtime, rel=1e-9)
+
+
+def test_vectorised_allreduce_matches_runtime(pm) -> None:
+    tokens = 333.0
+    got = vec_allreduce(pm.gpu, pm.c, np.array([2.0]), np.array([tokens * pm.arch.hidden * 2]))[0]
+    assert got == pytest.approx(pm.allreduce_time(tokens), rel=1e-12)
+
+
+def test_monotone_projection_bounds_growth() -> None:
+    out = _monotone((0.01, 0.9, 0.2, 0.5, 0.5))
+    for lo, hi in zip(out, out[1:]):
+        assert hi <= lo * MAX_STEP + 1e-12
+
+
+def test_shipped_coefficients_are_sane() -> None:
+    doc = json.loads(coeffs_path().read_text())
+    assert {"h100", "a100-80g", "l40s"} <= set(doc["gpus"])
+    for name, d in {**doc["gpus"], **doc["priors"]}.items():
+        c = coeffs_from_dict(d, name)
+        for curve in (c.gemm_eff, c.moe_eff, c.pattn_eff):
+            assert all(0 < e <= 1.3 for e in curve)
+            assert all(b <= a * MAX_STEP + 1e-9 for a, b in zip(curve, curve[1:]))
+        assert 0 < c.dattn_mem_eff <= 1.3 and 0 < c.gemm_mem_eff <= 1.3
+        assert all(x >= 1.0 for x in c.mix_dec_factor)
+        assert list(c.mix_dec_factor) == sorted(c.mix_dec_factor)
+
+
+def test_unmeasured_gpu_gets_a_prior() -> None:
+    _, src = fitted_coeffs(get_gpu("h200"))
+    assert src.startswith("prior:")
+    _, src = fitted_coeffs(get_gpu("h100"))
+    assert src == "measured:h100"
+
+
+def test_bad_coefficient_names_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="gemm_efff"):
+        coeffs_from_dict({"gemm_efff": 1.0})
+
+
+def test_measured_tables_load_and_cover_gpus() -> None:
+    t = load_tables()
+    assert len(t["gemm"]) > 1000 and len(t["attn"]) > 1000
+    assert {"h100", "a100-80g", "l40s", "rtx-pro-6000"} <= set(t["gemm"]["gpu"])
+    assert all(g in GPUS for g in set(t["attn"]["gpu"]))
+    assert (t["attn"]["time_s"] > 0).all()
+
+
+def test_vectorised_elementwise_matches_runtime(pm) -> None:
+    from sluice.perf.fit import vec_elementwise
+
+    a = pm.arch
+    qkv = pm._shapes.layer[0][0]
+    t = _table(tokens=[300.0], hidden=[a.hidden], qkv=[qkv], inter=[a.intermediate / 2])
+    assert vec_elementwise(pm.gpu, pm.c, t)[0] == pytest.approx(pm.elementwise_time(300.0), rel=1e-12)

@@ -34,9 +34,10 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.programs = ProgramTable()
-        self.itls = array("d")  # every inter-token latency, seconds (metrics read it)
+        # every inter-token latency in seconds (the simulator's metrics read it); a long-lived
+        # server swaps in a bounded deque so memory stays flat
+        self.itls = array("d")
         self.itl_runs: list[np.ndarray] = []  # ITLs of fast-forwarded runs, in bulk
-        self.rejected: list[Request] = []
         self.num_preemptions = 0
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
@@ -52,7 +53,6 @@ class Scheduler:
             req.state = RequestState.REJECTED
             req.stop_reason = reason
             req.finish_time = now
-            self.rejected.append(req)
             self._program_end(req, now)
             return False
         req.state = RequestState.WAITING
@@ -101,7 +101,7 @@ class Scheduler:
             self.kv.release_pins_of(req.program)
 
     def all_itls(self) -> np.ndarray:
-        parts = [np.frombuffer(self.itls, dtype=np.float64)] if self.itls else []
+        parts = [np.asarray(self.itls, dtype=np.float64)] if len(self.itls) else []
         return np.concatenate(parts + self.itl_runs) if parts or self.itl_runs else np.zeros(0)
 
     @property

@@ -41,6 +41,8 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
                    default=None)
     s.add_argument("--preemption-mode", choices=["recompute", "swap"], default=None)
+    s.add_argument("--swap-overlap", action="store_true",
+                   help="KV swaps overlap with compute (a step costs max(compute, copy))")
     s.add_argument("--long-prefill-token-threshold", type=int, default=None)
     s.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="policy option (repeatable), e.g. --policy-opt quantile=0.9")
@@ -137,6 +139,7 @@ def sim_config_from_args(args: argparse.Namespace, policy: str | None = None):
         swap_space_gib=args.swap_space, max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization, perf_kind=perf_kind,
         fast_forward=args.fast_forward, goodput=parse_goodput(args.goodput),
+        swap_overlap=args.swap_overlap,
     )
 
 

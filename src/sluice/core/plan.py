@@ -92,6 +92,30 @@ class StepPlan:
         s.decode_seqs += 1
         s.decode_ctx += req.num_computed + 1
 
+    def unplan(self, req: Request) -> int:
+        """Take ``req``'s work out of this plan (it was preempted after being planned, as
+        vLLM's priority preemption does); returns the tokens given back to the budget."""
+        s = self.stats
+        for i, ch in enumerate(self.chunks):
+            if ch.req is req:
+                del self.chunks[i]
+                last = ch.until_layer or self.num_layers
+                frac = (last - ch.skip_layers) / self.num_layers
+                n, start = ch.n_tokens, ch.start
+                s.prefill_tokens -= n * frac
+                s.prefill_seqs -= 1
+                s.prefill_attn -= frac * (n * start + n * (n + 1) / 2)
+                s.prefill_ctx -= frac * start
+                s.max_prefill_chunk = max((c.n_tokens for c in self.chunks), default=0)
+                return n
+        for i, r in enumerate(self.decodes):
+            if r is req:
+                del self.decodes[i]
+                s.decode_seqs -= 1
+                s.decode_ctx -= req.num_computed + 1
+                return 1
+        return 0
+
     def all_chunks(self) -> list[Chunk]:
         """Prefill chunks then one-token decode chunks, before the step is applied."""
         return self.chunks + [Chunk(r, r.num_computed, 1, False, 0) for r in self.decodes]

@@ -42,6 +42,10 @@ class Scheduler:
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
         self._layered = type(policy).prefill_layers is not Policy.prefill_layers
+        self._preempts = type(policy).preempt_for is not Policy.preempt_for
+        self._on_admit = type(policy).on_admit is not Policy.on_admit
+        self._requeue: list[Request] | None = None
+        self._refund = 0
         self.max_kv_tokens = kv.num_blocks * kv.block_size
 
     # -- intake ---------------------------------------------------------------------------
@@ -111,12 +115,13 @@ class Scheduler:
     def view(self, now: float) -> View:
         kv = self.kv
         return View(now, kv.num_free, kv.num_blocks, kv.block_size, self.running, self.waiting,
-                    kv.num_host_blocks - kv.host_used, self.programs)
+                    kv.num_host_blocks - kv.host_used, self.programs, self.num_layers)
 
     # -- scheduling -----------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         self.kv.expire_pins(now)
         plan = StepPlan(num_layers=self.num_layers)
+        self._refund = 0
         budget = self._schedule_running(plan, now, self.cfg.max_num_batched_tokens)
         if not self._preempted_now:
             self._schedule_waiting(plan, now, budget)
@@ -191,10 +196,17 @@ class Scheduler:
             self.waiting.sort(key=lambda r: key(r, now))
         view = self.view(now)
         taken: list[int] = []
+        self._requeue = []  # victims evicted during this loop join the queue after it
         for i, req in enumerate(self.waiting):
-            if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
+            if budget <= 0:
                 break
+            if len(self.running) >= cfg.max_num_seqs and not self._free_a_seat(plan, req, now):
+                break
+            budget += self._refund
+            self._refund = 0
             n = self._admit(plan, req, now, budget) if policy.admit(req, view) else 0
+            budget += self._refund  # work of victims taken out of the plan
+            self._refund = 0
             if not n:
                 if policy.skip_blocked:
                     continue
@@ -202,6 +214,23 @@ class Scheduler:
             taken.append(i)
             budget -= n
         self._remove_waiting(taken)
+        requeue, self._requeue = self._requeue, None
+        for victim in requeue:
+            self._enqueue(victim, now)
+
+    def _free_a_seat(self, plan: StepPlan, req: Request, now: float) -> bool:
+        """The batch is full (max_num_seqs): a policy's ``preempt_for`` may still evict."""
+        if not self._preempts:
+            return False
+        for v in self._evictable(plan, self.policy.preempt_for(req, self.view(now))):
+            self._preempt(plan, v, now)
+        return len(self.running) < self.cfg.max_num_seqs
+
+    @staticmethod
+    def _evictable(plan: StepPlan, victims: list[Request]) -> list[Request]:
+        """Running victims; a victim already planned this step has its work taken out of the
+        plan when it is preempted (``StepPlan.unplan``), so no compute is wasted on it."""
+        return [v for v in victims if v.state == _RUN]
 
     def _remove_waiting(self, taken: list[int]) -> None:
         if not taken:
@@ -246,6 +275,8 @@ class Scheduler:
                 req.first_scheduled = now
                 req.cached_tokens = start
         req.state = _RUN
+        if self._on_admit:
+            self.policy.on_admit(req, self.view(now))
         req.admitted_seq = self._admit_seq
         self._admit_seq += 1
         self.running.append(req)
@@ -281,15 +312,17 @@ class Scheduler:
             kv.reclaim_pins(need)
             if kv.can_allocate(need, admission=True):
                 return True
-        victims = self.policy.preempt_for(req, self.view(now))
+        if not self._preempts:
+            return False
+        victims = self._evictable(plan, self.policy.preempt_for(req, self.view(now)))
         for v in victims:
-            if v.state == _RUN:
-                self._preempt(plan, v, now)
+            self._preempt(plan, v, now)
         return bool(victims) and kv.can_allocate(need, admission=True)
 
     def _preempt(self, plan: StepPlan, req: Request, now: float) -> None:
         """Evict a running request by swap (if configured and the host has room) or recompute."""
         self._preempted_now = True
+        self._refund += plan.unplan(req)
         self.num_preemptions += 1
         req.preemptions += 1
         req.resume_layers = req.resume_tokens = 0
@@ -305,7 +338,10 @@ class Scheduler:
             kv.free(req)
             req.num_computed = 0
             req.state = RequestState.PREEMPTED
-        self._enqueue(req, now)
+        if self._requeue is not None:  # inside the waiting loop: do not shift its indices
+            self._requeue.append(req)
+        else:
+            self._enqueue(req, now)
 
     # -- results --------------------------------------------------------------------------
     def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Request]:

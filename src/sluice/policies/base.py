@@ -29,6 +29,7 @@ class View:
     waiting: list[Request]
     host_free_blocks: int
     programs: dict[int, Any]
+    num_layers: int = 1
 
 
 class Policy:
@@ -67,7 +68,9 @@ class Policy:
         return True
 
     def preempt_for(self, req: Request, view: View) -> list[Request]:
-        """Running requests to evict so that waiting ``req`` can run now (default: none)."""
+        """Running requests to evict so that waiting ``req`` can run now (default: none).
+        Asked when ``req`` lacks KV blocks or a seat in a full batch (``max_num_seqs``);
+        victims already given work in this step are not evicted."""
         return []
 
     def victim(self, running: list[Request], view: View) -> Request:
@@ -95,6 +98,9 @@ class Policy:
     # -- bookkeeping ----------------------------------------------------------------------
     def on_arrival(self, req: Request, view: View) -> None:
         pass
+
+    def on_admit(self, req: Request, view: View) -> None:
+        """A waiting request starts (or resumes) running."""
 
     def on_step(self, served: list[tuple[Request, int]], view: View) -> None:
         """After each step: (request, tokens computed) pairs."""

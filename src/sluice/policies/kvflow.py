@@ -1,0 +1,64 @@
+"""KVFlow (Pan et al., "KVFlow: Efficient Prefix Caching for Accelerating LLM-Based Multi-Agent
+Workflows", 2025): decide which cached prefixes stay by *steps-to-execution* - the work that
+will run soonest keeps its KV - instead of by recency.
+
+Why recency is wrong for agents: LRU treats a context freed at the start of a tool call as
+cold, yet that program is coming back; and it treats every idle program alike, whether its tool
+returns in 0.2 s or in 5 minutes. KVFlow ranks by when each agent will next execute (from its
+workflow graph); a program here has no graph, so its next execution is predicted from the
+duration history of the tool it is calling (exponential prior at cold start).
+
+With the mechanism's hooks: on each turn's end the program's predicted return time joins a
+ranking of all idle programs; the soonest-returning ones whose contexts fit ``budget`` of the
+KV capacity are pinned (until the ``quantile``-th percentile of their tool's duration), the
+rest fall back to plain LRU caching. Scheduling order stays vLLM's FCFS so the comparison with
+LRU isolates retention. Not expressible yet: re-ranking pins already made as time passes, and
+prefetch of host-tier KV ahead of the return (both need mechanism hooks; docs/policies.md).
+"""
+
+from __future__ import annotations
+
+from sluice.core.request import Request
+from sluice.errors import ConfigError
+from sluice.policies.agent import ProgramPolicy
+from sluice.policies.base import View, register
+
+
+@register("kvflow")
+class KVFlow(ProgramPolicy):
+    scheduler_defaults = {"enable_prefix_caching": True}
+    defaults = {**ProgramPolicy.defaults, "budget": 0.6, "quantile": 0.9}
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if not 0 < float(self.opts["budget"]) <= 1 or not 0 < float(self.opts["quantile"]) < 1:
+            raise ConfigError("kvflow: budget must be in (0, 1] and quantile in (0, 1)")
+        self.idle: dict[int, tuple[float, float, int]] = {}  # pid -> (eta, expiry, blocks)
+
+    def key(self, req: Request, now: float) -> tuple:
+        return (req.arrival, req.id)  # vLLM FCFS: retention is the only change
+
+    def victim(self, running: list[Request], view: View) -> Request:
+        return max(running, key=lambda r: r.admitted_seq)
+
+    def retain(self, req: Request, view: View) -> float | None:
+        if not self.retainable(req):
+            return None
+        now = view.now
+        eta = now + self.history.mean(req.tool)
+        blocks = req.num_computed // view.block_size
+        ahead = sum(b for e, x, b in self.idle.values() if e <= eta and x > now)
+        if ahead + blocks > float(self.opts["budget"]) * view.total_blocks:
+            return self.grant(req, None, view)
+        ttl = self.history.quantile(req.tool, float(self.opts["quantile"]))
+        self.idle[req.program] = (eta, now + ttl, blocks)
+        return self.grant(req, ttl, view)
+
+    def on_arrival(self, req: Request, view: View) -> None:
+        super().on_arrival(req, view)
+        if req.program is not None:
+            self.idle.pop(req.program, None)
+
+    def forget(self, program: int) -> None:
+        super().forget(program)
+        self.idle.pop(program, None)

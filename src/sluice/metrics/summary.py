@@ -125,6 +125,8 @@ def summarize(records: list[RequestRecord], itls: np.ndarray,
     _dist("e2el", np.array([r.e2el for r in done], dtype=float), out)
     _dist("queue", np.array([r.first_scheduled - r.arrival for r in done], dtype=float), out)
     out.update(_service_and_fairness(done))
+    out["per_tenant"] = _latency_by(done, lambda r: r.user)
+    out["per_class"] = _latency_by(done, lambda r: r.slo_class or "default")
     out.update(_slo_attainment(records))
     prompt = sum(r.prompt_tokens for r in done)
     out["prefix_hit_rate"] = (sum(r.cached_tokens for r in done) / prompt) if prompt else 0.0
@@ -147,6 +149,23 @@ def _service_and_fairness(done: list[RequestRecord]) -> dict:
         "jain_fairness": jain_index(norm) if len(users) > 1 else None,
         "service_per_tenant": {u: service[u] for u in users},
     }
+
+
+def _latency_by(done: list[RequestRecord], group) -> dict:
+    """TTFT/TPOT/E2EL distributions per group (tenant or SLO class): fairness and SLO
+    policies are judged on a group's tail, not the mix's."""
+    groups: dict[str, list[RequestRecord]] = defaultdict(list)
+    for r in done:
+        groups[group(r)].append(r)
+    out = {}
+    for name in sorted(groups):
+        rs = groups[name]
+        d: dict = {"completed": len(rs)}
+        _dist("ttft", np.array([r.ttft for r in rs], dtype=float), d)
+        _dist("tpot", np.array([r.tpot for r in rs], dtype=float), d)
+        _dist("e2el", np.array([r.e2el for r in rs], dtype=float), d)
+        out[name] = {k: v for k, v in d.items() if not k.startswith("std_")}
+    return out
 
 
 def _slo_attainment(records: list[RequestRecord]) -> dict:

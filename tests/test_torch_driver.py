@@ -6,6 +6,7 @@ Holds no tests itself; the other test_torch_* modules import it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -38,8 +39,13 @@ def make_req(rid: int, tokens: list[int], max_tokens: int = 16, sampling=None) -
 
 
 def plan_of(chunks: list[Chunk], num_layers: int, **kw) -> StepPlan:
+    """A plan as the scheduler builds it: one-token decode chunks go to ``plan.decodes``."""
     plan = StepPlan(num_layers=num_layers, **kw)
-    plan.chunks = chunks
+    for c in chunks:
+        if not c.is_prefill and c.n_tokens == 1 and c.start == c.req.num_computed:
+            plan.decodes.append(c.req)
+        else:
+            plan.chunks.append(c)
     return plan
 
 
@@ -75,6 +81,18 @@ def generate(executor, reqs: list[Request], pool: BlockPool, chunk_size: int = 1
         live = [r for r in live if r.id not in result.finished
                 and len(outputs[r.id]) < r.max_tokens]
     raise RuntimeError("generate did not finish")
+
+
+class InterruptAt(threading.Event):
+    """Reports an arrival at the ``k``-th layer boundary the executor checks."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.left = k
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left == 0
 
 
 _HF_CACHE: dict[str, object] = {}

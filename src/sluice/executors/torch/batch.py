@@ -1,9 +1,10 @@
 """Flatten a StepPlan's chunks into one batch of rows, validating the plan on the way.
 
 Every token of every chunk becomes one row, so a single forward covers prefill chunks and decode
-tokens together. When some chunks resume an interrupted prefill at layer ``L`` they join the
-forward only from layer ``L``; :meth:`StepBatch.active` gives, for a layer, the rows and the
-attention metadata of the chunks that run it (all of them in the common case, one cached object).
+tokens together. Each chunk runs a range of layers ``[start_layer, end_layer)``: a resumed
+interrupted prefill joins at the layer it reached, a layered-prefill chunk (``until_layer``)
+leaves early. :meth:`StepBatch.active` gives, for a layer, the rows and attention metadata of the
+chunks that run it (all of them in the common case: one cached object for the whole step).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class StepBatch:
     chunks: list[Chunk]
     spans: list[SeqSpan]
     skips: list[int]  # layer each chunk starts at
+    ends: list[int]  # layer each chunk stops before
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     sample_chunks: list[int]  # chunk indices that complete their request (sample a token)
@@ -44,8 +46,11 @@ class StepBatch:
         return torch.tensor(last, dtype=torch.long, device=self.device)
 
     def active(self, layer: int) -> tuple[torch.Tensor | None, AttentionMeta]:
-        """``(rows, meta)`` for the chunks that run ``layer``; ``rows`` is None for all rows."""
-        members = tuple(i for i, s in enumerate(self.skips) if s <= layer)
+        """``(rows, meta)`` for the chunks that run ``layer``; ``rows`` is None for all rows,
+        ``meta`` None when no chunk runs it."""
+        members = tuple(i for i, (s, e) in enumerate(zip(self.skips, self.ends)) if s <= layer < e)
+        if not members:
+            return None, None
         if members not in self._metas:
             self._metas[members] = self._subset(members)
         return self._metas[members]
@@ -63,9 +68,11 @@ class StepBatch:
         return torch.tensor(rows, dtype=torch.long, device=self.device), meta
 
 
-def build_batch(chunks: list[Chunk], skips: list[int], block_size: int, num_blocks: int,
-                device: torch.device, use_flash: bool = False) -> StepBatch:
-    """Validate the chunks against the executor's cache and flatten them."""
+def build_batch(chunks: list[Chunk], skips: list[int], ends: list[int], num_layers: int,
+                block_size: int, num_blocks: int, vocab_size: int, device: torch.device,
+                use_flash: bool = False) -> StepBatch:
+    """Validate the chunks against the executor's cache and flatten them. Only chunks that
+    run the last layer and complete their request's tokens sample."""
     spans: list[SeqSpan] = []
     ids: list[int] = []
     pos: list[int] = []
@@ -74,12 +81,16 @@ def build_batch(chunks: list[Chunk], skips: list[int], block_size: int, num_bloc
     for i, c in enumerate(chunks):
         _validate(c, block_size, num_blocks, seen)
         spans.append(SeqSpan(len(ids), c.start, c.n_tokens, c.req.blocks))
-        ids.extend(c.req.content.tokens[c.start:c.start + c.n_tokens])
+        toks = c.req.content.tokens[c.start:c.start + c.n_tokens]
+        if min(toks) < 0 or max(toks) >= vocab_size:
+            raise ValueError(f"plan chunk of request {c.req.id}: token ids must be in "
+                             f"0..{vocab_size - 1}, got {min(toks)}..{max(toks)}")
+        ids.extend(toks)
         pos.extend(range(c.start, c.start + c.n_tokens))
-        if c.start + c.n_tokens == c.req.num_tokens:
+        if c.start + c.n_tokens == c.req.num_tokens and ends[i] == num_layers:
             sample.append(i)
     return StepBatch(
-        chunks=chunks, spans=spans, skips=skips,
+        chunks=chunks, spans=spans, skips=skips, ends=ends,
         input_ids=torch.tensor(ids, dtype=torch.long, device=device),
         positions=torch.tensor(pos, dtype=torch.long, device=device),
         sample_chunks=sample, block_size=block_size, device=device, use_flash=use_flash)

@@ -138,7 +138,7 @@ def _rope_params(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rope_theta(raw: dict[str, Any]) -> float:
-    theta = _rope_params(raw).get("rope_theta", raw.get("rope_theta", 10000.0))
+    theta = _rope_params(raw).get("rope_theta") or raw.get("rope_theta") or 10000.0
     theta = float(theta)
     if not (theta > 0 and math.isfinite(theta)):
         raise ConfigError(f"rope_theta must be a positive number, got {theta}")

@@ -4,8 +4,10 @@ Per step: swap-out, swap-in, one forward over all chunks (flattened), sample a t
 chunk that completes its request, detect EOS / stop tokens / stop strings, measure the time.
 Prefill can stop at a layer boundary when ``plan.interruptible`` and :attr:`interrupt` is set:
 the finished layers' KV stays in the cache and the prefill chunks' hidden states are kept, so
-the resumed chunk (``skip_layers == L``) continues at layer ``L``. The scheduler owns all
-bookkeeping (num_computed, appending sampled tokens); this class only computes.
+the resumed chunk (``skip_layers == L``) continues at layer ``L``. A layered-prefill chunk
+(``until_layer``, a policy's choice) stops the same way at its own boundary while the rest of
+the batch runs on. The scheduler owns all bookkeeping (num_computed, appending sampled tokens);
+this class only computes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from sluice.core.plan import Chunk, StepPlan, StepResult
 from sluice.core.request import Request
+from sluice.errors import ConfigError
 from sluice.executors.torch.attention import flash_usable
 from sluice.executors.torch.batch import StepBatch, build_batch
 from sluice.executors.torch.kv_cache import PagedKVCache
@@ -33,6 +36,7 @@ from sluice.executors.torch.tokenizer import Tokenizer
 class _Saved:
     """Hidden states of an interrupted prefill chunk after ``layers`` layers."""
 
+    req: Request
     start: int
     n_tokens: int
     layers: int
@@ -40,16 +44,23 @@ class _Saved:
 
 
 class TorchExecutor:
-    """Executes plans on a Hugging Face Llama-family checkpoint in ``model_dir``."""
+    """Executes plans on a Hugging Face Llama-family checkpoint in ``model_dir``.
+
+    ``interrupt`` is set by the runtime when a request arrives. The executor clears it when a
+    step starts (only arrivals *during* a step may cut it) and when it honours it. Sampled EOS
+    / stop tokens are returned in ``sampled`` like any token and their request id in
+    ``finished``; trimming a stop string from the text is the caller's job.
+    """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
                  num_gpu_blocks: int = 512, block_size: int = 16, num_host_blocks: int = 0,
                  seed: int = 0, step_log: str | Path | None = None) -> None:
+        self.model_dir = Path(model_dir)
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model, self.config = load_model(model_dir, self.device, self.dtype)
-        self.tokenizer = Tokenizer(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() \
-            else None
+        has_tokenizer = (self.model_dir / "tokenizer.json").is_file()
+        self.tokenizer = Tokenizer(model_dir) if has_tokenizer else None
         eos = set(self.config.eos_token_ids)
         if self.tokenizer is not None:
             eos |= self.tokenizer.eos_token_ids
@@ -63,7 +74,7 @@ class TorchExecutor:
         self.seed = seed
         self.interrupt = threading.Event()  # set by the runtime when a request arrives
         self._saved: dict[int, _Saved] = {}
-        self._log = open(step_log, "a") if step_log else None
+        self._log = _open_log(step_log) if step_log else None
 
     @property
     def num_layers(self) -> int:
@@ -88,10 +99,11 @@ class TorchExecutor:
         t0 = time.perf_counter()
         self.interrupt.clear()  # only arrivals during this step may interrupt it
         for req, ids in plan.swap_out:
-            self.kv.swap_out(req.id, ids)
+            self.kv.swap_out(req.id, ids, owner=req)
         for req, ids in plan.swap_in:
             self.kv.swap_in(req.id, ids)
-        result = self._forward(plan) if plan.chunks else StepResult(0.0, sampled={})
+        chunks = plan.all_chunks()
+        result = self._forward(plan, chunks) if chunks else StepResult(0.0, sampled={})
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         result.duration = time.perf_counter() - t0
@@ -99,21 +111,24 @@ class TorchExecutor:
         return result
 
     @torch.inference_mode()
-    def _forward(self, plan: StepPlan) -> StepResult:
-        skips = [self._resume_point(c) for c in plan.chunks]
-        batch = build_batch(plan.chunks, skips, self.block_size, self.kv.num_blocks,
-                            self.device, self.use_flash)
+    def _forward(self, plan: StepPlan, chunks: list[Chunk]) -> StepResult:
+        self._prune_saved()
+        L = self.num_layers
+        skips = [self._resume_point(c) for c in chunks]
+        ends = [c.until_layer if skip < c.until_layer < L else L
+                for c, skip in zip(chunks, skips)]
+        batch = build_batch(chunks, skips, ends, L, self.block_size, self.kv.num_blocks,
+                            self.config.vocab_size, self.device, self.use_flash)
         h = self.model.embed(batch.input_ids)
         for i, skip in enumerate(skips):
             if skip:
-                h[batch.rows_of(i)] = self._saved[plan.chunks[i].req.id].hidden
+                h[batch.rows_of(i)] = self._saved[chunks[i].req.id].hidden
         cos, sin = self.rope.cos_sin(batch.positions, h.dtype)
         h, done = self._run_layers(h, cos, sin, batch, plan)
-        if done < self.num_layers:
-            self._save_prefill(batch, h, done)
+        if done is not None:  # interrupted: every chunk has run exactly `done` layers
+            self._save(batch, h, [done] * len(chunks))
             return StepResult(0.0, layers_done=done)
-        for c in plan.chunks:
-            self._saved.pop(c.req.id, None)
+        self._save(batch, h, ends)
         return self._sample(batch, h)
 
     def _resume_point(self, c: Chunk) -> int:
@@ -126,13 +141,16 @@ class TorchExecutor:
         return 0
 
     def _run_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                    batch: StepBatch, plan: StepPlan) -> tuple[torch.Tensor, int]:
-        """Run the layers; return the hidden states and how many layers all chunks have
-        completed (fewer than all when interrupted)."""
-        first, last = min(batch.skips), max(batch.skips)
-        can_stop = plan.interruptible and any(c.is_prefill for c in plan.chunks)
-        for layer in range(first, self.num_layers):
+                    batch: StepBatch, plan: StepPlan) -> tuple[torch.Tensor, int | None]:
+        """Run each chunk's layer range; return the hidden states and, if an arrival cut the
+        step, the layer count reached. A cut is only taken where it is uniform: after every
+        resumed chunk has caught up and before any layered chunk has left."""
+        catch_up, first_exit = max(batch.skips), min(batch.ends)
+        can_stop = plan.interruptible and any(c.is_prefill for c in batch.chunks)
+        for layer in range(min(batch.skips), max(batch.ends)):
             rows, meta = batch.active(layer)
+            if meta is None:
+                continue
             k_cache, v_cache = self.kv.layer(layer)
             if rows is None:
                 h = self.model.run_layer(layer, h, cos, sin, k_cache, v_cache, meta)
@@ -140,18 +158,25 @@ class TorchExecutor:
                 h[rows] = self.model.run_layer(layer, h[rows], cos[rows], sin[rows],
                                                k_cache, v_cache, meta)
             done = layer + 1
-            if can_stop and last <= done < self.num_layers and self.interrupt.is_set():
+            if can_stop and catch_up <= done < first_exit and self.interrupt.is_set():
                 self.interrupt.clear()
                 return h, done
-        return h, self.num_layers
+        return h, None
 
-    def _save_prefill(self, batch: StepBatch, h: torch.Tensor, done: int) -> None:
+    def _save(self, batch: StepBatch, h: torch.Tensor, layers: list[int]) -> None:
+        """Keep hidden states of prefill chunks that stopped short of the last layer; forget
+        any earlier state of the others."""
         for i, c in enumerate(batch.chunks):
-            if c.is_prefill:
-                self._saved[c.req.id] = _Saved(c.start, c.n_tokens, done,
+            if c.is_prefill and layers[i] < self.num_layers:
+                self._saved[c.req.id] = _Saved(c.req, c.start, c.n_tokens, layers[i],
                                                h[batch.rows_of(i)].clone())
             else:
                 self._saved.pop(c.req.id, None)
+
+    def _prune_saved(self) -> None:
+        """Drop states of requests that ended (aborted mid-prefill) without a release()."""
+        for rid in [rid for rid, sv in self._saved.items() if sv.req.is_finished]:
+            del self._saved[rid]
 
     # -- sampling -----------------------------------------------------------------------
     def _sample(self, batch: StepBatch, h: torch.Tensor) -> StepResult:
@@ -181,8 +206,10 @@ class TorchExecutor:
             return False
         if self.tokenizer is None:
             raise ValueError(f"request {req.id}: stop strings need the model's tokenizer.json")
-        window = max(len(s) for s in p.stop) + 4  # tokens: each decodes to >= 1 char, mostly
-        output = req.content.tokens[req.prompt_len:][-window:] + [token]
+        # Enough tokens to cover the longest stop string even at one byte per token.
+        window = 4 * max(len(s) for s in p.stop) + 2
+        toks = req.content.tokens
+        output = toks[max(req.prompt_len, len(toks) - window):] + [token]
         text = self.tokenizer.decode(output)
         return any(s in text for s in p.stop)
 
@@ -198,6 +225,13 @@ class TorchExecutor:
             row["layers_done"] = result.layers_done
         self._log.write(json.dumps(row) + "\n")
         self._log.flush()
+
+
+def _open_log(path: str | Path):
+    try:
+        return open(path, "a")
+    except OSError as e:
+        raise ConfigError(f"step log {path}: cannot open for writing ({e.strerror})") from None
 
 
 def _params(req: Request) -> SamplingParams:

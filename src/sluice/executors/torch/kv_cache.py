@@ -9,6 +9,8 @@ swapping never allocates and its capacity is a fixed, visible number.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -32,6 +34,7 @@ class PagedKVCache:
         self.host = torch.zeros(host_shape, dtype=dtype, pin_memory=pin)
         self._free_host = list(range(num_host_blocks - 1, -1, -1))
         self._swapped: dict[int, list[int]] = {}
+        self._owners: dict[int, Any] = {}
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value cache of layer ``i``: ``[num_blocks, block_size, kv_heads, head_dim]``."""
@@ -44,11 +47,15 @@ class PagedKVCache:
     def is_swapped(self, key: int) -> bool:
         return key in self._swapped
 
-    def swap_out(self, key: int, block_ids: list[int]) -> None:
-        """Copy device blocks to the host under ``key``; the device ids are free afterwards."""
+    def swap_out(self, key: int, block_ids: list[int], owner: Any = None) -> None:
+        """Copy device blocks to the host under ``key``; the device ids are free afterwards.
+        ``owner`` (a Request) lets a full host pool reclaim copies of requests that ended
+        while swapped (aborted) and were never :meth:`drop`-ped."""
         if key in self._swapped:
             raise ValueError(f"swap-out of request {key}: its KV is already on the host")
         self._check_ids(block_ids, f"swap-out of request {key}")
+        if len(block_ids) > len(self._free_host):
+            self._reclaim_ended()
         if len(block_ids) > len(self._free_host):
             raise ValueError(f"swap-out of request {key}: needs {len(block_ids)} host blocks, "
                              f"{len(self._free_host)} free (raise num_host_blocks)")
@@ -56,6 +63,8 @@ class PagedKVCache:
         src = self.data[:, :, torch.tensor(block_ids, device=self.data.device)]
         self.host[:, :, torch.tensor(host_ids)] = src.to("cpu")
         self._swapped[key] = host_ids
+        if owner is not None:
+            self._owners[key] = owner
 
     def swap_in(self, key: int, block_ids: list[int]) -> None:
         """Copy the host KV of ``key`` into ``block_ids`` (same count) and free the host copy."""
@@ -73,8 +82,13 @@ class PagedKVCache:
 
     def drop(self, key: int) -> None:
         """Forget the host copy of ``key`` (request aborted while swapped); no-op if none."""
+        self._owners.pop(key, None)
         for h in reversed(self._swapped.pop(key, [])):
             self._free_host.append(h)
+
+    def _reclaim_ended(self) -> None:
+        for key in [k for k, r in self._owners.items() if getattr(r, "is_finished", False)]:
+            self.drop(key)
 
     def _check_ids(self, block_ids: list[int], what: str) -> None:
         bad = [b for b in block_ids if not 0 <= b < self.num_blocks]

@@ -13,6 +13,9 @@ which is what the reference-equality tests rely on.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ import torch
 from sluice.errors import unknown_name
 
 DONE_MARKER = ".sluice-prepared"
+FORMAT_VERSION = 1  # bump when what prepare writes changes, so stale directories are rebuilt
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
     "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
@@ -40,11 +44,21 @@ def prepare(name: str, out_dir: str | Path | None = None, force: bool = False) -
         raise unknown_name("model", name, list(builders))
     out = Path(out_dir) if out_dir is not None else default_dir(name)
     marker = out / DONE_MARKER
-    if marker.is_file() and marker.read_text().strip() == name and not force:
+    stamp = f"{name} {FORMAT_VERSION}"
+    if marker.is_file() and marker.read_text().strip() == stamp and not force:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    builders[name](out)
-    marker.write_text(name + "\n")
+    # Build aside, then move each file in with an atomic rename: a process that is loading
+    # the old files (a server, a parallel test) keeps reading intact ones, and concurrent
+    # prepares of the same name write identical bytes.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        builders[name](staging)
+        (staging / DONE_MARKER).write_text(stamp + "\n")
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == DONE_MARKER):
+            os.replace(f, out / f.name)  # the marker goes last
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -64,19 +78,24 @@ def tiny_config(vocab_size: int) -> dict[str, Any]:
         "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 192,
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 16, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
         "attention_bias": False, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
         "torch_dtype": "float32",
     }
 
 
 def write_tiny(out: Path, seed: int = 0) -> None:
-    """Random-init Llama: N(0, 1) embeddings (peaked, distinctive logits through the tied head),
-    N(0, 1/fan_in) projections, norm weights near 1 so every parameter matters in the tests."""
+    """Random-init Llama whose greedy output depends on the whole context (so broken attention
+    or a wrong cache slot changes tokens): projections with gain 3 let attention and MLP
+    outweigh the token's own embedding, an untied head with gain 4 keeps the top logit well
+    clear of the runner-up (no float-noise ties), norm weights near 1 so every one matters.
+    SmolLM2 covers tied embeddings."""
     tok = byte_level_tokenizer(TINY_SPECIALS)
     cfg = tiny_config(tok.get_vocab_size())
     gen = torch.Generator().manual_seed(seed)
     tensors = {name: _init(name, shape, gen) for name, shape in _llama_shapes(cfg)}
+    tensors["lm_head.weight"] = 4.0 * torch.randn((cfg["vocab_size"], cfg["hidden_size"]),
+                                                  generator=gen) / cfg["hidden_size"] ** 0.5
     from safetensors.torch import save_file
 
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -98,8 +117,10 @@ def _llama_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
         p = f"model.layers.{i}."
         shapes += [(p + "input_layernorm.weight", (h,)),
                    (p + "post_attention_layernorm.weight", (h,)),
-                   (p + "self_attn.q_proj.weight", (q, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                   (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, q)),
+                   (p + "self_attn.q_proj.weight", (q, h)),
+                   (p + "self_attn.k_proj.weight", (kv, h)),
+                   (p + "self_attn.v_proj.weight", (kv, h)),
+                   (p + "self_attn.o_proj.weight", (h, q)),
                    (p + "mlp.gate_proj.weight", (f, h)), (p + "mlp.up_proj.weight", (f, h)),
                    (p + "mlp.down_proj.weight", (h, f))]
     return shapes
@@ -110,7 +131,7 @@ def _init(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tens
         return 1.0 + 0.1 * torch.randn(shape, generator=gen)
     if "embed_tokens" in name:
         return torch.randn(shape, generator=gen)
-    return torch.randn(shape, generator=gen) / shape[1] ** 0.5
+    return 3.0 * torch.randn(shape, generator=gen) / shape[1] ** 0.5
 
 
 def byte_to_char() -> dict[int, str]:

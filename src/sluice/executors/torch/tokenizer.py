@@ -36,6 +36,7 @@ class Tokenizer:
         if (d / "chat_template.jinja").is_file():
             template = (d / "chat_template.jinja").read_text()
         self.chat_template: str | None = template if isinstance(template, str) else None
+        self._compiled: Any = None
         self.eos_token_ids = self._eos_ids(d)
 
     @property
@@ -64,9 +65,16 @@ class Tokenizer:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ConfigError(f"messages[{i}] needs 'role' and 'content'")
-        return _compile(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        from jinja2 import TemplateError
+
+        if self._compiled is None:
+            self._compiled = _compile(self.chat_template)
+        try:
+            return self._compiled.render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        except TemplateError as e:
+            raise ConfigError(f"chat template failed on these messages: {e}") from None
 
     def _eos_ids(self, d: Path) -> frozenset[int]:
         ids: set[int] = set()
@@ -88,8 +96,14 @@ def _compile(template: str) -> Any:
     def raise_exception(message: str) -> None:
         raise ConfigError(f"chat template: {message}")
 
+    def strftime_now(fmt: str) -> str:  # Llama 3.x templates print today's date
+        import datetime
+
+        return datetime.datetime.now().strftime(fmt)
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     try:
         return env.from_string(template)
     except TemplateError as e:

@@ -208,14 +208,30 @@ def exp_kvflow(q: bool) -> dict:
 
 
 def exp_cost(q: bool) -> dict:
-    """The cost side: plain requests mixed into agent traffic; pins' memory and plain TTFT."""
+    """The cost side: plain requests mixed into agent traffic; pins' memory and plain TTFT,
+    at a light and a heavy plain rate (the heavy one competes with the pins for memory)."""
     res: dict = {}
-    for pol in ("vllm", "continuum", "thunderagent", "kvflow"):
-        agents = agent_workload("agent-coding", programs=20 if q else 40, population=20 if q
-                                else 40, seed=4, max_model_len=131072)
-        w = Mixed(agents, rate=2.0, n=200 if q else 600, seed=4)
-        res[pol] = simulate(base_cfg(pol, H100_BLOCKS), w)
-        _log(pol, "mixed", res[pol])
+    for rate, n in ((2.0, 600), (8.0, 2400)):
+        for pol in ("vllm", "continuum", "thunderagent", "kvflow"):
+            agents = agent_workload("agent-coding", programs=20 if q else 40,
+                                    population=20 if q else 40, seed=4, max_model_len=131072)
+            w = Mixed(agents, rate=rate, n=n // 3 if q else n, seed=4)
+            res[f"{pol}@plain{rate:g}"] = simulate(base_cfg(pol, H100_BLOCKS), w)
+            _log(pol, f"plain{rate:g}", res[f"{pol}@plain{rate:g}"])
+    return res
+
+
+def exp_longctx(q: bool) -> dict:
+    """A long-context model: Mistral-Nemo-12B (128k context) on one H100, 305k-token cache."""
+    res: dict = {}
+    pop = 20 if q else 40
+    for pol in ("vllm", "thunderagent", "continuum"):
+        w = agent_workload("agent-coding", programs=2 * pop, population=pop, seed=2,
+                           max_model_len=131072)
+        cfg = SimConfig(model="mistral-nemo-12b", gpu="h100", policy=pol)
+        cfg.perf = build_perf(cfg)
+        res[f"{pol}@{pop}"] = simulate(cfg, w)
+        _log(pol, f"nemo@{pop}", res[f"{pol}@{pop}"])
     return res
 
 
@@ -231,7 +247,7 @@ def exp_chat(q: bool) -> dict:
 
 
 EXPERIMENTS = {"continuum": exp_continuum, "thunder": exp_thunder, "kvflow": exp_kvflow,
-               "cost": exp_cost, "chat": exp_chat}
+               "cost": exp_cost, "chat": exp_chat, "longctx": exp_longctx}
 
 
 def _log(name: str, load: Any, d: dict) -> None:
@@ -295,11 +311,14 @@ def plots(all_res: dict[str, dict], out: Path) -> None:
         res = all_res["cost"]
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for name, v in res.items():
+            if not name.endswith("plain8"):
+                continue
             s = v["pin_series"]
             if s and max(b for _, b in s) > 0:
                 ax.plot([t for t, _ in s], [b / H100_BLOCKS for _, b in s], label=name)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("share of KV blocks held by pins")
+        ax.set_title("agent-coding x40 + plain requests at 8/s")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "agents_pinned_memory.png", dpi=110)

@@ -115,3 +115,13 @@ def test_entry_point_runs_as_a_program():
                            "20", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["completed"] == 20
+
+
+def test_agent_summary_keys_are_documented(capsys):
+    code, out, _ = run_cli(["simulate", "--workload", "agent-coding", "--num-requests", "4",
+                            "--rate", "0.2", "--policy", "continuum", "--json"], capsys)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["programs_completed"] == 4 and summary["mean_program_jct_s"] > 0
+    documented = DOCS.read_text()
+    assert [k for k in summary if f"`{k}`" not in documented] == []

@@ -91,7 +91,8 @@ class KVCache:
 
     @property
     def pinned_blocks(self) -> int:
-        return sum(len(p.blocks) for p in self.pins.values())
+        """Distinct blocks held by pins (a program's pins may overlap)."""
+        return len({b for p in self.pins.values() for b in p.blocks})
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -257,14 +258,17 @@ class KVCache:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def reclaim_pins(self, n_blocks: int) -> int:
-        """Release pins, soonest expiry first, until ``n_blocks`` are free. Returns pins freed."""
+    def reclaim_pins(self, n_blocks: int, key=None, enough=None) -> int:
+        """Release pins until ``n_blocks`` are free (or ``enough()`` says so), in ``key``
+        order (default: soonest expiry first; a policy may rank pins itself). Returns pins
+        freed."""
         freed = 0
-        for _expiry, pid in sorted((p.expiry, p.id) for p in self.pins.values()):
-            if self.num_free >= n_blocks:
+        order = sorted(self.pins.values(), key=key or (lambda p: (p.expiry, p.id)))
+        for pin in order:
+            if enough() if enough is not None else self.num_free >= n_blocks:
                 break
-            self.stats.pinned_blocks_reclaimed += len(self.pins[pid].blocks)
-            self.unpin(pid)
+            self.stats.pinned_blocks_reclaimed += len(pin.blocks)
+            self.unpin(pin.id)
             freed += 1
         self.stats.pins_reclaimed += freed
         return freed

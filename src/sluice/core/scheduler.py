@@ -44,6 +44,7 @@ class Scheduler:
         self._layered = type(policy).prefill_layers is not Policy.prefill_layers
         self._preempts = type(policy).preempt_for is not Policy.preempt_for
         self._on_admit = type(policy).on_admit is not Policy.on_admit
+        self._ranks_pins = type(policy).reclaim_key is not Policy.reclaim_key
         self._requeue: list[Request] | None = None
         self._refund = 0
         self.max_kv_tokens = kv.num_blocks * kv.block_size
@@ -178,7 +179,7 @@ class Scheduler:
         kv = self.kv
         while not kv.allocate(req, total):
             need = kv.needed_blocks(req, total)
-            if kv.pins and kv.reclaim_pins(need):
+            if kv.pins and kv.reclaim_pins(need, key=self._reclaim_key(now)):
                 continue
             candidates = [r for r in self.running if r.state == _RUN and r.id not in scheduled]
             victim = self.policy.victim(candidates, self.view(now)) if candidates else req
@@ -263,9 +264,11 @@ class Scheduler:
                 return 0
             target = self._reservation(req, start + n)
             need = kv.blocks_for(target) - len(hits)
-            if not kv.can_allocate(need + _cached_among(kv, hits), admission=True):
-                if not self._make_room(plan, req, need, now):
-                    return 0
+            def enough() -> bool:  # hits sitting in the LRU count as free until taken
+                return kv.can_allocate(need + _cached_among(kv, hits), admission=True)
+
+            if not enough() and not self._make_room(plan, req, need, now, enough):
+                return 0
             kv.acquire_hits(req, hits)
             if not kv.allocate(req, target, admission=True):
                 kv.free(req)
@@ -305,19 +308,31 @@ class Scheduler:
             return max(upto, min(req.prompt_len + req.max_tokens, self.cfg.max_model_len))
         return upto
 
-    def _make_room(self, plan: StepPlan, req: Request, need: int, now: float) -> bool:
-        """Pins first, then the policy's ``preempt_for`` victims. True if room was made."""
+    def _make_room(self, plan: StepPlan, req: Request, need: int, now: float,
+                   enough=None) -> bool:
+        """Pins first (in the policy's reclaim order), then the policy's ``preempt_for``
+        victims. True if room was made."""
         kv = self.kv
+        if enough is None:
+            def enough() -> bool:
+                return kv.can_allocate(need, admission=True)
         if kv.pins:
-            kv.reclaim_pins(need)
-            if kv.can_allocate(need, admission=True):
+            kv.reclaim_pins(need, key=self._reclaim_key(now), enough=enough)
+            if enough():
                 return True
         if not self._preempts:
             return False
         victims = self._evictable(plan, self.policy.preempt_for(req, self.view(now)))
         for v in victims:
             self._preempt(plan, v, now)
-        return bool(victims) and kv.can_allocate(need, admission=True)
+        return bool(victims) and enough()
+
+    def _reclaim_key(self, now: float):
+        if not self._ranks_pins:
+            return None
+        view = self.view(now)
+        rank = self.policy.reclaim_key
+        return lambda pin: rank(pin, view)
 
     def _preempt(self, plan: StepPlan, req: Request, now: float) -> None:
         """Evict a running request by swap (if configured and the host has room) or recompute."""
@@ -425,6 +440,8 @@ class Scheduler:
         if ttl is not None and ttl > 0:
             n_full = min(req.num_computed // self.kv.block_size, len(req.blocks))
             if n_full:
+                if req.program is not None:  # the new pin covers the program's older ones
+                    self.kv.release_pins_of(req.program)
                 self.kv.pin(req.blocks[:n_full], now + ttl, owner=req.program, tag="retain")
         self.kv.free(req)
         self._program_end(req, now)

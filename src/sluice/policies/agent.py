@@ -115,7 +115,9 @@ class ProgramPolicy(Tunable):
     Order: *program-level FCFS* - a returning turn is ordered by its program's first arrival,
     so a half-finished program does not queue behind programs that started after it
     (Continuum, Li et al. 2025; SAGA's workflow-atomic scheduling). Requests outside programs
-    keep their own arrival time, so mixed traffic interleaves fairly by start time.
+    keep their own arrival time, so mixed traffic is ordered by start time - which, past
+    saturation, ranks every turn of a long program ahead of later plain requests (measured in
+    docs/results.md; compose with a fair-share policy to bound it).
     The default preemption victim is the running request with the *highest* key (the youngest
     program), not the most recently admitted one, for the same reason.
     """

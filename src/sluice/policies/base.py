@@ -81,6 +81,11 @@ class Policy:
         """On finish: seconds to pin the request's KV, or None for normal LRU caching."""
         return None
 
+    def reclaim_key(self, pin: Any, view: View) -> tuple:
+        """Order in which pins are released under memory pressure (lowest first). Default:
+        soonest expiry first. KVFlow/ThunderAgent rank by when the program returns."""
+        return (pin.expiry, pin.id)
+
     def prefill_layers(self, req: Request, view: View) -> int | None:
         """Layers of ``req``'s prefill chunk to run this step (Layered Prefill); None = all.
         The chunk resumes from there on a later step, so decodes can run in between."""

@@ -100,7 +100,8 @@ class Composite(Policy):
         self.scheduler_defaults = merged
         self._ranks = [p.rank if isinstance(p, Ranked) else p.key for p in parts]
         self._first = {h: next((p for p in parts if _overrides(p, h)), None)
-                       for h in ("preempt_for", "victim", "retain", "prefill_layers")}
+                       for h in ("preempt_for", "victim", "retain", "prefill_layers",
+                                 "reclaim_key")}
         for i, p in enumerate(parts):
             if hasattr(p, "order_key"):  # parts that compare keys (preemptive): composed order
                 p.order_key = self.key
@@ -137,6 +138,10 @@ class Composite(Policy):
     def retain(self, req: Request, view: View) -> float | None:
         p = self._first["retain"]
         return p.retain(req, view) if p else None
+
+    def reclaim_key(self, pin, view: View) -> tuple:
+        p = self._first["reclaim_key"]
+        return p.reclaim_key(pin, view) if p else Policy.reclaim_key(self, pin, view)
 
     def prefill_layers(self, req: Request, view: View) -> int | None:
         p = self._first["prefill_layers"]

@@ -37,7 +37,7 @@ class Continuum(ProgramPolicy):
     scheduler_defaults = {"enable_prefix_caching": True}
     defaults = {**ProgramPolicy.defaults, "mode": "utility", "ttl": 10.0,
                 "prefill_s_per_token": 6e-5, "max_ttl": 600.0, "slack": 0.5,
-                "memory_weight": 1.0}
+                "memory_weight": 4.0}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

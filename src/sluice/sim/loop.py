@@ -48,6 +48,7 @@ class LoopStats:
     kv_used_step_sum: int = 0  # sum over steps of KV blocks in use
     kv_steps: int = 0
     kv_samples: list[tuple[float, int]] = field(default_factory=list)
+    pin_samples: list[tuple[float, int]] = field(default_factory=list)  # (t, pinned blocks)
 
 
 class SimLoop:
@@ -183,6 +184,8 @@ class SimLoop:
     def _maybe_sample(self, t: float, used: int) -> None:
         if t >= self._next_kv_sample:
             self.stats.kv_samples.append((t, used))
+            if self.engine.kv.pins:
+                self.stats.pin_samples.append((t, self.engine.kv.pinned_blocks))
             self._next_kv_sample = t + self._kv_sample_every
 
     # -- main loop ------------------------------------------------------------------------

@@ -162,6 +162,13 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     summary["kv_mean_utilization"] = (st.kv_used_step_sum / st.kv_steps / engine.kv.num_blocks
                                       if st.kv_steps else 0.0)
     summary["policy"] = cfg.policy
+    if any(r.program >= 0 for r in records):
+        from sluice.metrics.programs import program_summary
+
+        summary.update(program_summary(
+            records, engine.kv.stats, block_size=cfg.block_size,
+            pin_samples=st.pin_samples, total_blocks=engine.kv.num_blocks,
+            retention=getattr(engine.policy, "retention", None)))
     result = SimResult(cfg, records, summary, itls, st.kv_samples,
                        {"steps_planned": st.steps_planned,
                         "fast_forward_runs": st.fast_forward_runs,

@@ -66,7 +66,9 @@ def fmt(value, spec: str) -> str:
 
 
 def summary_table(summary: dict, title: str) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(show_header=False)
+    table.caption = None
+    table.sluice_title = title  # printed above the table: a title would wrap to its width
     table.add_column("metric")
     table.add_column("value", justify="right")
     for label, key, spec in ROWS:
@@ -80,7 +82,8 @@ def summary_table(summary: dict, title: str) -> Table:
 
 def compare_table(summaries: dict[str, dict], title: str) -> Table:
     cols = [c for c in COMPARE_COLS if any(s.get(c[1]) is not None for s in summaries.values())]
-    table = Table(title=title, title_justify="left")
+    table = Table()
+    table.sluice_title = title
     table.add_column("policy")
     for label, _key, _spec in cols:
         table.add_column(label, justify="right")
@@ -90,4 +93,8 @@ def compare_table(summaries: dict[str, dict], title: str) -> Table:
 
 
 def print_table(table: Table) -> None:
-    Console().print(table)
+    console = Console()
+    title = getattr(table, "sluice_title", None)
+    if title:
+        console.print(title, style="bold", highlight=False)
+    console.print(table)

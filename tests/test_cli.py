@@ -60,7 +60,7 @@ def test_compare_one_row_per_policy(capsys):
     (["simulate", "--goodput", "ttft:x"], "is not a number"),
     (["simulate", "--max-model-len", "100000000"], "max_model_len"),
     (["compare", "--policies", "vllm,bogus"], "unknown policy 'bogus'"),
-    (["simulate", "--policy-opt", "novalue"], "expected KEY=VALUE"),
+    (["simulate", "--policy-opt", "novalue"], "expected [POLICY:]KEY=VALUE"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, needle, capsys):
     code, _out, err = run_cli(args + ["--num-requests", "5"], capsys)
@@ -125,3 +125,12 @@ def test_agent_summary_keys_are_documented(capsys):
     assert summary["programs_completed"] == 4 and summary["mean_program_jct_s"] > 0
     documented = DOCS.read_text()
     assert [k for k in summary if f"`{k}`" not in documented] == []
+
+
+def test_scoped_policy_options_reach_only_their_policy(capsys):
+    base = ["compare", "--policies", "vllm,jitserve", "--num-requests", "60",
+            "--slo", "ttft=1,tpot=100ms", "--json"]
+    code, _o, err = run_cli(base + ["--policy-opt", "quantile=0.5"], capsys)
+    assert code == 2 and "vllm" in err  # unscoped: vllm refuses an option it lacks
+    code, out, _ = run_cli(base + ["--policy-opt", "jitserve:quantile=0.5"], capsys)
+    assert code == 0 and sorted(json.loads(out)["policies"]) == ["jitserve", "vllm"]

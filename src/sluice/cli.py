@@ -44,8 +44,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--swap-overlap", action="store_true",
                    help="KV swaps overlap with compute (a step costs max(compute, copy))")
     s.add_argument("--long-prefill-token-threshold", type=int, default=None)
-    s.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy option (repeatable), e.g. --policy-opt quantile=0.9")
+    s.add_argument("--policy-opt", action="append", default=[], metavar="[POLICY:]KEY=VALUE",
+                   help="policy option (repeatable), e.g. --policy-opt quantile=0.9; with "
+                        "POLICY: only that policy of a compare gets it")
     s.add_argument("--no-fast-forward", dest="fast_forward", action="store_false",
                    help="plan every step (results are identical; for testing)")
     o = p.add_argument_group("output")
@@ -55,13 +56,18 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def parse_policy_options(items: list[str]) -> dict[str, Any]:
+def parse_policy_options(items: list[str], policy: str | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` goes to every policy; ``POLICY:KEY=VALUE`` only to that policy (so
+    ``compare --policies vllm,jitserve --policy-opt jitserve:predictor=oracle`` works)."""
     opts: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--policy-opt {item!r}: expected KEY=VALUE")
-        opts[key] = _parse_value(raw)
+        scope, colon, name = key.rpartition(":")
+        if not sep or not name:
+            raise ConfigError(f"--policy-opt {item!r}: expected [POLICY:]KEY=VALUE")
+        if colon and policy is not None and scope != policy:
+            continue
+        opts[name] = _parse_value(raw)
     return opts
 
 
@@ -130,7 +136,8 @@ def sim_config_from_args(args: argparse.Namespace, policy: str | None = None):
     perf_kind = args.perf
     return SimConfig(
         model=args.model, gpu=args.gpu, tp=args.tp, policy=policy or args.policy,
-        policy_options=parse_policy_options(args.policy_opt), seed=args.seed,
+        policy_options=parse_policy_options(args.policy_opt, policy or args.policy),
+        seed=args.seed,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         enable_chunked_prefill=args.chunked_prefill, enable_prefix_caching=args.prefix_caching,
         preemption_mode=args.preemption_mode,
@@ -223,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from sluice.policies.base import make_policy
 
     for n in names:  # fail fast on a bad name, before any long run
-        make_policy(n, **parse_policy_options(args.policy_opt))
+        make_policy(n, **parse_policy_options(args.policy_opt, n))
     results = {n: _run_one(args, n, "compare") for n in names}
     if args.out:
         _write_out(Path(args.out), results)

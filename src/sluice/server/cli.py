@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace):
         raise ConfigError(f"--max-queue must be >= 1, got {args.max_queue}")
     return ServeConfig(
         model=args.model, policy=args.policy,
-        policy_options=parse_policy_options(args.policy_opt),
+        policy_options=parse_policy_options(args.policy_opt, args.policy),
         served_model_name=args.served_model_name, device=args.device, dtype=args.dtype,
         num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
         num_host_blocks=args.num_host_blocks, max_num_seqs=args.max_num_seqs,

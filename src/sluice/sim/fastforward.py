@@ -19,6 +19,7 @@ from sluice.core.engine import Engine
 from sluice.core.request import Request
 
 MIN_STEPS = 2
+MAX_STEPS = 4096  # a longer stretch is simply split into several runs (still exact)
 
 
 @dataclass(slots=True)
@@ -47,9 +48,7 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
     k_cap, eos_at = _steps_until_a_finish(reqs, steps_to_eos, cfg.max_model_len)
     if k_cap < MIN_STEPS:
         return None
-    allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)
-    if k_cap < MIN_STEPS:
-        return None
+    k_cap = min(k_cap, MAX_STEPS)
     b = len(reqs)
     ctx0 = sum(r.num_computed for r in reqs) + b
     durations = perf.decode_run(b, ctx0, k_cap)
@@ -60,7 +59,9 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
         k_cap = min(k_cap, j + 1)
     if k_cap < MIN_STEPS:
         return None
-    allocs = [a for a in allocs if a[0] <= k_cap]
+    allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)  # only up to the horizon
+    if k_cap < MIN_STEPS:
+        return None
     return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at)
 
 

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-pytest.importorskip("torch")
+import torch  # noqa: F401 - required, never skipped
 
 from test_server_helpers import fake_app, fake_engine, live, tiny_app
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("torch")
+import openai
+import torch  # noqa: F401 - required, never skipped
 
 from test_server_helpers import assert_kv_empty, live, wait_idle, tiny_app
 

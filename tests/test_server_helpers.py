@@ -177,3 +177,19 @@ def tiny_app(tmp_dir: Any, max_queue: int = 1024, **overrides: Any):
     dep = build_deployment(ServeConfig(model=str(model_dir), served_model_name="tiny", **opts))
     return build_app(dep, max_queue=max_queue, drain_timeout=10.0)
 
+
+
+async def consume_stream(stream, leave_after: int | None) -> tuple[str, int | None, bool]:
+    """Read a streamed completion; hang up after ``leave_after`` chunks if given.
+    Returns (text, usage completion tokens or None, whether the client left early)."""
+    text, usage, chunks = "", None, 0
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].text
+            chunks += 1
+        if chunk.usage is not None:
+            usage = chunk.usage.completion_tokens
+        if leave_after is not None and chunks >= leave_after:
+            await stream.close()
+            return text, usage, True
+    return text, usage, False

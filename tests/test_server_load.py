@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("torch")
+import openai
+import torch  # noqa: F401 - required, never skipped
 
-from test_server_helpers import assert_kv_empty, live, tiny_app, wait_idle
+from test_server_helpers import assert_kv_empty, consume_stream, live, tiny_app, wait_idle
 
 EXTRA = {"ignore_eos": True}
 
@@ -38,18 +38,10 @@ async def stream_one(client, prompt: str, n: int, leave: int | None) -> tuple[st
     stream = await client.completions.create(model="tiny", prompt=prompt, max_tokens=n,
                                              temperature=0, stream=True, extra_body=EXTRA,
                                              stream_options={"include_usage": True})
-    text, chunks, usage = "", 0, None
-    async for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].text
-            chunks += 1
-        if chunk.usage is not None:
-            usage = chunk.usage.completion_tokens
-        if leave is not None and chunks >= leave:
-            await stream.close()
-            return text, True
-    assert usage == n
-    return text, False
+    text, usage, left = await consume_stream(stream, leave)
+    if not left:
+        assert usage == n
+    return text, left
 
 
 @pytest.mark.parametrize("mode, n", [("recompute", 64), ("swap", 24)])

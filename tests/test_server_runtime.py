@@ -10,10 +10,10 @@ import random
 import httpx
 import pytest
 
-openai = pytest.importorskip("openai")
+import openai
 
-from test_server_helpers import (ByteTokenizer, assert_kv_empty, fake_app, fake_engine,
-                                 fake_token, live, wait_idle)
+from test_server_helpers import (ByteTokenizer, assert_kv_empty, consume_stream, fake_app,
+                                 fake_engine, fake_token, live, wait_idle)
 
 
 def expected_text(prompt: str, n: int) -> str:
@@ -34,18 +34,10 @@ async def _one(client, i: int, rng: random.Random) -> tuple[str, str, int | None
     stream = await client.completions.create(
         model="fake", prompt=prompt, max_tokens=max_tokens, stream=True, temperature=0,
         stream_options={"include_usage": True}, user=f"tenant{i % 3}")
-    text, usage, chunks = "", None, 0
-    async for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].text
-            chunks += 1
-        if chunk.usage is not None:
-            usage = chunk.usage.completion_tokens
-        if leave_after is not None and chunks >= leave_after:
-            await stream.close()
-            return prompt, text, max_tokens, True
-    assert usage == max_tokens
-    return prompt, text, max_tokens, False
+    text, usage, left = await consume_stream(stream, leave_after)
+    if not left:
+        assert usage == max_tokens
+    return prompt, text, max_tokens, left
 
 
 def test_concurrent_streams_with_disconnects_leave_no_kv():

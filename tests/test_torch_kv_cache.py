@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from sluice.core.content import Content
 from sluice.core.request import Request, RequestState

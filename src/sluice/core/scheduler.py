@@ -283,9 +283,8 @@ class Scheduler:
         req.admitted_seq = self._admit_seq
         self._admit_seq += 1
         self.running.append(req)
-        remaining = req.num_tokens - req.num_computed
-        n = _chunk(req, remaining, budget, self.cfg.long_prefill_token_threshold)
-        if remaining > 1 or req.num_computed < req.prompt_len:
+        # n (from either branch) is this chunk: num_computed is now where it starts
+        if req.num_tokens - req.num_computed > 1 or req.num_computed < req.prompt_len:
             self._add_prefill(plan, req, n, now)
         else:
             plan.add_decode(req)
@@ -389,7 +388,7 @@ class Scheduler:
                 ended.append(req)
             if computed // bs != ch.start // bs:  # a block became full
                 kv.commit(req)
-        for req in plan.decodes:
+        for req in plan.decodes:  # _sample inlined: this loop is the simulator's hot path
             if req.state != _RUN:
                 continue
             computed = req.num_computed + 1

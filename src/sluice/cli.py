@@ -24,6 +24,11 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="llama-3.1-8b", help="model id or config.json path")
     g.add_argument("--gpu", default="h100", help="GPU name (see `sluice perf validate`)")
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    g.add_argument("--dp", type=int, default=1,
+                   help="data-parallel ranks of a MoE model, stepped in lock step as vLLM does "
+                        "(arrivals spread by vLLM's DP load balancer)")
+    g.add_argument("--enable-expert-parallel", dest="expert_parallel", action="store_true",
+                   help="with --dp: split the experts over the DP ranks (vLLM DP+EP)")
     g.add_argument("--perf", default="fitted", metavar="KIND",
                    help="performance model: fitted, roofline or calibrated:PATH")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -146,7 +151,7 @@ def sim_config_from_args(args: argparse.Namespace, policy: str | None = None):
         swap_space_gib=args.swap_space, max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization, perf_kind=perf_kind,
         fast_forward=args.fast_forward, goodput=parse_goodput(args.goodput),
-        swap_overlap=args.swap_overlap,
+        swap_overlap=args.swap_overlap, dp=args.dp, expert_parallel=args.expert_parallel,
     )
 
 
@@ -218,8 +223,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         from sluice.metrics.report import print_table, summary_table
 
+        dp = f" DP{args.dp}{'+EP' if args.expert_parallel else ''}" if args.dp != 1 else ""
         print_table(summary_table(result.summary, f"sluice simulate — {args.policy}, "
-                                  f"{args.model} on {args.gpu} x{args.tp}"))
+                                  f"{args.model} on {args.gpu} x{args.tp}{dp}"))
     return 0
 
 

@@ -130,7 +130,8 @@ def format_report(r: dict[str, Any]) -> str:
             for run, row in e2e.items():
                 out.append(f"  {run:42s} " + "  ".join(
                     f"{k.upper()} {row[k]['mean_err_pct']:+.1f}/{row[k]['p90_err_pct']:+.1f}"
-                    for k in ("ttft", "tpot", "e2e")))
+                    for k in ("ttft", "tpot", "e2e"))
+                    + (f"  [{row['dp_model']}]" if row.get("dp", 1) > 1 else ""))
     return "\n".join(out)
 
 

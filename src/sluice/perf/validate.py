@@ -263,7 +263,9 @@ def _measured(reqs: list[list[float]]) -> dict[str, np.ndarray]:
             "e2e": (lt - q) * 1e3}
 
 
-def _simulate(run: dict[str, Any], kind: str) -> dict[str, np.ndarray]:
+def _simulate(run: dict[str, Any], kind: str) -> tuple[dict[str, np.ndarray], str]:
+    """Replay one run; returns the simulated latencies and the DP model used. DP ranks of an
+    MoE model run in lock step with vLLM's load balancer (``sim.lockstep``)."""
     from sluice.core.content import Content
     from sluice.core.request import Request
     from sluice.perf.registry import build_perf_model
@@ -274,24 +276,24 @@ def _simulate(run: dict[str, Any], kind: str) -> dict[str, np.ndarray]:
         wl = [json.loads(x) for x in f]
     dp = run["dp"]
     ep = dp if run["expert_parallel"] else 1
-    recs = []
-    for rank in range(dp):  # vLLM's DP front end balances requests; round-robin is the model
-        reqs = [Request(i, r["arrival_time_ns"] / 1e9, Content(tokens=r["input_tok_ids"]),
-                        max_tokens=r["output_toks"], true_output=r["output_toks"])
-                for i, r in enumerate(wl) if i % dp == rank]
-        perf = build_perf_model(run["model"], run["gpu"], tp=run["tp"], kind=kind, ep=ep,
-                                max_num_batched_tokens=run["max_num_batched_tokens"],
-                                max_num_seqs=run["max_num_seqs"])
-        cfg = SimConfig(model=run["model"], gpu=run["gpu"], tp=run["tp"], policy="vllm", seed=0,
-                        max_num_seqs=run["max_num_seqs"],
-                        max_num_batched_tokens=run["max_num_batched_tokens"], block_size=16,
-                        enable_prefix_caching=True, perf_kind=kind, perf=perf)
-        recs += run_simulation(cfg, ListWorkload(reqs)).records
+    reqs = [Request(i, r["arrival_time_ns"] / 1e9, Content(tokens=r["input_tok_ids"]),
+                    max_tokens=r["output_toks"], true_output=r["output_toks"])
+            for i, r in enumerate(wl)]
+    perf = build_perf_model(run["model"], run["gpu"], tp=run["tp"], kind=kind, ep=ep,
+                            max_num_batched_tokens=run["max_num_batched_tokens"],
+                            max_num_seqs=run["max_num_seqs"])
+    cfg = SimConfig(model=run["model"], gpu=run["gpu"], tp=run["tp"], policy="vllm", seed=0,
+                    max_num_seqs=run["max_num_seqs"],
+                    max_num_batched_tokens=run["max_num_batched_tokens"], block_size=16,
+                    enable_prefix_caching=True, perf_kind=kind, perf=perf, dp=dp,
+                    expert_parallel=run["expert_parallel"])
+    recs = run_simulation(cfg, ListWorkload(reqs)).records
     ttft = np.array([r.first_token - r.arrival for r in recs]) * 1e3
     e2e = np.array([r.finish - r.arrival for r in recs]) * 1e3
     tpot = np.array([(r.finish - r.first_token) / (r.output_tokens - 1)
                      for r in recs if r.output_tokens > 1]) * 1e3
-    return {"ttft": ttft, "tpot": tpot, "e2e": e2e}
+    dp_model = f"lockstep x{dp}, vLLM DP load balancer" if dp > 1 else "single replica"
+    return {"ttft": ttft, "tpot": tpot, "e2e": e2e}, dp_model
 
 
 def end_to_end(kind: str = "fitted") -> dict[str, Any]:
@@ -304,9 +306,9 @@ def end_to_end(kind: str = "fitted") -> dict[str, Any]:
         return {"skipped": f"simulator not available: {e}"}
     out = {}
     for run in json.loads(path.read_text()):
-        meas, sim = _measured(run["requests"]), _simulate(run, kind)
+        meas, (sim, dp_model) = _measured(run["requests"]), _simulate(run, kind)
         row: dict[str, Any] = {"model": run["model"], "gpu": run["gpu"], "tp": run["tp"],
-                               "dp": run["dp"]}
+                               "dp": run["dp"], "dp_model": dp_model}
         for k in ("ttft", "tpot", "e2e"):
             mm, sm = float(np.mean(meas[k])), float(np.mean(sim[k]))
             mp, sp = float(np.percentile(meas[k], 90)), float(np.percentile(sim[k], 90))

@@ -53,6 +53,9 @@ class SimConfig:
     fast_forward: bool = True
     swap_overlap: bool = False
     goodput: dict[str, float] = field(default_factory=dict)
+    dp: int = 1  # data-parallel ranks (vLLM data_parallel_size); > 1 steps them in lock step
+    expert_parallel: bool = False  # vLLM enable_expert_parallel: experts split over the dp ranks
+    dp_balancer: str = "vllm"  # how arrivals are spread over the ranks (sim.lockstep.BALANCERS)
 
 
 @dataclass
@@ -72,11 +75,12 @@ def build_perf(cfg: SimConfig) -> PerfModel:
         raise ConfigError(f"--tp must be >= 1, got {cfg.tp}")
     from sluice.perf.registry import build_perf_model
 
+    extra = {"ep": cfg.dp} if cfg.expert_parallel and cfg.dp > 1 else {}
     return build_perf_model(cfg.model, cfg.gpu, tp=cfg.tp, kind=cfg.perf_kind,
                             gpu_memory_utilization=cfg.gpu_memory_utilization,
                             max_model_len=cfg.max_model_len,
                             max_num_batched_tokens=_knob(cfg, "max_num_batched_tokens"),
-                            max_num_seqs=_knob(cfg, "max_num_seqs"))
+                            max_num_seqs=_knob(cfg, "max_num_seqs"), **extra)
 
 
 def _knob(cfg: SimConfig, name: str) -> int | None:
@@ -139,6 +143,8 @@ def _fit_context(cfg: SimConfig, max_len: int, blocks: int) -> int:
 def run_simulation(cfg: SimConfig, workload: Workload,
                    progress: Callable[[float], None] | None = None,
                    keep_requests: bool = False) -> SimResult:
+    if cfg.dp != 1:
+        return run_lockstep(cfg, workload, progress, keep_requests)
     engine = build_engine(cfg)
     records: list[RequestRecord] = []
     kept: list[Request] = []
@@ -174,6 +180,61 @@ def run_simulation(cfg: SimConfig, workload: Workload,
                         "fast_forward_runs": st.fast_forward_runs,
                         "fast_forward_steps": st.fast_forward_steps,
                         "interruptions": st.interruptions})
+    if keep_requests:
+        result.requests = kept  # type: ignore[attr-defined]
+    return result
+
+
+def run_lockstep(cfg: SimConfig, workload: Workload,
+                 progress: Callable[[float], None] | None = None,
+                 keep_requests: bool = False) -> SimResult:
+    """``cfg.dp`` data-parallel ranks of an MoE model in lock step (``sim.lockstep``); each rank
+    is a replica built from ``cfg`` with its own KV cache, sharing one perf model."""
+    from sluice.sim.lockstep import BALANCERS, LockstepLoop
+
+    if cfg.dp < 1:
+        raise ConfigError(f"--dp must be >= 1, got {cfg.dp}")
+    if cfg.dp_balancer not in BALANCERS:
+        raise ConfigError(f"unknown DP balancer {cfg.dp_balancer!r}; valid: {sorted(BALANCERS)}")
+    perf = build_perf(cfg)
+    arch = getattr(perf, "arch", None)
+    if arch is not None and not arch.is_moe:
+        raise ConfigError(f"--dp {cfg.dp}: {cfg.model} is not a MoE model; vLLM runs the DP "
+                          "ranks of a dense model independently (no lock step), which is N "
+                          "separate replicas")
+    engines = [build_engine(cfg, perf) for _ in range(cfg.dp)]
+    records: list[RequestRecord] = []
+    kept: list[Request] = []
+
+    def on_end(req: Request) -> None:
+        records.append(RequestRecord.of(req))
+        if keep_requests:
+            kept.append(req)
+
+    loop = LockstepLoop(engines, workload, balancer=BALANCERS[cfg.dp_balancer](cfg.dp),
+                        on_request_end=on_end)
+    loop.run(progress)
+    for engine in engines:
+        _check_conservation(engine)
+    records.sort(key=lambda r: r.id)
+    itls = np.concatenate([e.scheduler.all_itls() for e in engines])
+    summary = summarize(records, itls, cfg.goodput or None)
+    st = loop.stats
+    blocks = sum(e.kv.num_blocks for e in engines)
+    summary["steps"] = st.steps
+    summary["kv_blocks_total"] = blocks
+    summary["max_model_len"] = engines[0].scheduler.cfg.max_model_len
+    summary["kv_peak_used_blocks"] = sum(e.kv.stats.peak_used for e in engines)
+    summary["kv_mean_utilization"] = (st.kv_used_step_sum / st.steps / blocks if st.steps else 0.0)
+    summary["policy"] = cfg.policy
+    summary["dp"] = {"ranks": cfg.dp, "model": "lockstep", "balancer": cfg.dp_balancer,
+                     "expert_parallel": cfg.expert_parallel,
+                     "requests_per_rank": list(st.dispatched),
+                     "steps_per_rank": list(st.rank_steps), "dummy_steps": list(st.dummy_steps),
+                     "wait_s": [round(w, 6) for w in st.wait_s]}
+    result = SimResult(cfg, records, summary, itls, st.kv_samples,
+                       {"steps_planned": sum(st.rank_steps), "fast_forward_runs": 0,
+                        "fast_forward_steps": 0, "interruptions": 0})
     if keep_requests:
         result.requests = kept  # type: ignore[attr-defined]
     return result

@@ -29,10 +29,16 @@ class Content:
     segment (virtual), so a later turn that resends prompt + output hits the same blocks.
     """
 
-    __slots__ = ("tokens", "segments", "length", "_hashes", "_block_size", "_cursor")
+    __slots__ = ("tokens", "segments", "length", "private", "_hashes", "_block_size",
+                 "_cursor")
 
     def __init__(self, tokens: Sequence[int] | None = None,
-                 segments: Sequence[tuple[int, int]] | None = None) -> None:
+                 segments: Sequence[tuple[int, int]] | None = None, *,
+                 private: bool = False) -> None:
+        """``private=True`` promises that no other request will ever contain this content's
+        first segment (a length-only trace's per-request prompt): then no other request can
+        share any of its blocks, and the KV cache skips hashing and the global prefix index
+        for it (a request can still hit its own blocks after a recompute preemption)."""
         if (tokens is None) == (segments is None):
             raise ValueError("content needs exactly one of tokens or segments")
         self.tokens: list[int] | None = list(tokens) if tokens is not None else None
@@ -49,6 +55,7 @@ class Content:
                 else:
                     segs.append([int(key), int(n)])
         self.segments = segs
+        self.private = private
         self.length = len(self.tokens) if self.tokens is not None else sum(n for _, n in segs)
         self._hashes: list[int] = []
         self._block_size = 0
@@ -78,6 +85,11 @@ class Content:
         self.length += n
 
     def copy(self) -> "Content":
+        """A continuation's starting point (agent turns resend the context). Private content
+        cannot be continued: its blocks were never entered in the shared prefix index."""
+        if self.private:
+            raise ValueError("private content cannot be copied into another request: build "
+                             "the workload's content with shared keys (private=False)")
         if self.tokens is not None:
             return Content(tokens=self.tokens)
         return Content(segments=[(k, n) for k, n in self.segments])

@@ -20,8 +20,9 @@ The host tier only counts blocks: what moves and how long it takes is the execut
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from sluice.core.request import Request
 
@@ -53,7 +54,23 @@ class KVStats:
 
 
 class KVCache:
-    """Block manager for one replica. Block ids are ``0 .. num_blocks-1``."""
+    """Block manager for one replica. Block ids are ``0 .. num_blocks-1``.
+
+    State lives in numpy arrays so that a request's ~100 blocks are taken, registered and
+    released in a handful of vectorised operations (the simulator's hottest path); single-block
+    operations (a decoder crossing a block boundary) take a scalar path instead.
+
+    * ``ref`` — reference counts; ``block_hash``/``has_hash`` — a block's registered hash;
+    * the plain free list is a stack (``_free_stack[:_free_top]``, popped from the top);
+    * the LRU of cached blocks is a queue with lazy deletion: ``_lru[_lru_head:_lru_tail]``
+      holds block ids in release order and an entry is live only where ``_lru_pos[block]``
+      equals its index, so a hit removes a block from the middle in O(1);
+    * ``hash_to_block`` maps hash -> block, also lazily: an entry is live only while that block
+      still has that hash (eviction just clears ``has_hash``); stale entries are swept when the
+      map outgrows the cache.
+    """
+
+    _SCALAR = 8  # below this many blocks, Python scalar operations beat numpy's call overhead
 
     def __init__(self, num_blocks: int, block_size: int = 16, *,
                  enable_prefix_caching: bool = True, watermark: float = 0.0,
@@ -66,10 +83,16 @@ class KVCache:
         self.block_size = block_size
         self.prefix_caching = enable_prefix_caching
         self.watermark_blocks = int(watermark * num_blocks)
-        self.ref = [0] * num_blocks
-        self.block_hash: list[int | None] = [None] * num_blocks
-        self.free_plain: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() -> 0 first
-        self.cached: OrderedDict[int, None] = OrderedDict()  # LRU, oldest first
+        self.ref = np.zeros(num_blocks, dtype=np.int64)
+        self.block_hash = np.zeros(num_blocks, dtype=np.int64)
+        self.has_hash = np.zeros(num_blocks, dtype=bool)
+        self._free_stack = np.arange(num_blocks - 1, -1, -1, dtype=np.int64)  # top -> block 0
+        self._free_top = num_blocks
+        self._lru = np.zeros(2 * num_blocks + 16, dtype=np.int64)
+        self._lru_pos = np.full(num_blocks, -1, dtype=np.int64)
+        self._lru_head = 0
+        self._lru_tail = 0
+        self.num_cached = 0
         self.hash_to_block: dict[int, int] = {}
         self.hashed_count: dict[int, int] = {}  # request id -> blocks already hashed
         self.pins: dict[int, Pin] = {}
@@ -83,19 +106,40 @@ class KVCache:
     @property
     def num_free(self) -> int:
         """Blocks an allocation can take (plain free + evictable cached)."""
-        return len(self.free_plain) + len(self.cached)
+        return self._free_top + self.num_cached
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - self.num_free
+        return self.num_blocks - self._free_top - self.num_cached
 
     @property
     def pinned_blocks(self) -> int:
         """Distinct blocks held by pins (a program's pins may overlap)."""
         return len({b for p in self.pins.values() for b in p.blocks})
 
+    @property
+    def free_plain(self) -> list[int]:
+        """Plain free blocks, bottom of the stack first (inspection and checks only)."""
+        return self._free_stack[: self._free_top].tolist()
+
+    @property
+    def cached(self) -> list[int]:
+        """Evictable cached blocks, least recently released first (inspection only)."""
+        return self._live_lru().tolist()
+
+    def _live_lru(self) -> np.ndarray:
+        head, tail = self._lru_head, self._lru_tail
+        seg = self._lru[head:tail]
+        return seg[self._lru_pos[seg] == np.arange(head, tail)]
+
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
+
+    def unreferenced(self, blocks: list[int]) -> int:
+        """How many of ``blocks`` nobody holds (cached ones an allocation could evict)."""
+        if not blocks:
+            return 0
+        return int(np.count_nonzero(self.ref[blocks] == 0))
 
     # -- prefix cache ---------------------------------------------------------------------
     def lookup(self, req: Request) -> list[int]:
@@ -103,33 +147,59 @@ class KVCache:
         compute, as vLLM: the last token's logits are needed)."""
         if not self.prefix_caching:
             return []
+        if req.content.private:
+            return self._own_hits(req)
         limit = req.num_tokens - 1
         hashes = req.content.block_hashes(self.block_size, limit)
         hits: list[int] = []
         h2b = self.hash_to_block
+        has = self.has_hash
+        bh = self.block_hash
         for h in hashes[: limit // self.block_size]:
             b = h2b.get(h)
-            if b is None:
+            if b is None or not has[b] or bh[b] != h:
                 break
             hits.append(b)
         return hits
 
+    def _own_hits(self, req: Request) -> list[int]:
+        """Private content: only the request's own blocks, left cached when it was preempted,
+        can hold its prefix; they still do where their stamp survived."""
+        own = req.own_blocks
+        if not own:
+            return []
+        own = own[: (req.num_tokens - 1) // self.block_size]
+        if not own:
+            return []
+        arr = np.asarray(own, dtype=np.int64)
+        ok = self.has_hash[arr] & (self.block_hash[arr] == _stamps(req, 0, len(arr)))
+        n = len(arr) if ok.all() else int(np.argmin(ok))
+        return own[:n]
+
     def acquire_hits(self, req: Request, hits: list[int]) -> None:
         """Take references on prefix hits and make them the head of ``req``'s block table."""
-        for b in hits:
-            if self.ref[b] == 0:
-                del self.cached[b]
-            self.ref[b] += 1
+        if hits:
+            self._hold(hits)
         req.blocks = list(hits)
         req.num_computed = len(hits) * self.block_size
         self.stats.lookup_tokens += req.num_tokens
         self.stats.hit_tokens += req.num_computed
         self.hashed_count[req.id] = len(hits)
 
+    def _hold(self, blocks: list[int]) -> None:
+        """One more reference on each of ``blocks`` (distinct); cached ones leave the LRU."""
+        arr = np.asarray(blocks, dtype=np.int64)
+        ref = self.ref
+        idle = arr[ref[arr] == 0]
+        if len(idle):
+            self._lru_pos[idle] = -1
+            self.num_cached -= len(idle)
+        ref[arr] += 1
+
     # -- allocation -----------------------------------------------------------------------
     def can_allocate(self, n_blocks: int, *, admission: bool = False) -> bool:
         reserve = self.watermark_blocks if admission else 0
-        return self.num_free - n_blocks >= reserve
+        return self._free_top + self.num_cached - n_blocks >= reserve
 
     def needed_blocks(self, req: Request, total_tokens: int) -> int:
         return max(0, self.blocks_for(total_tokens) - len(req.blocks))
@@ -142,32 +212,70 @@ class KVCache:
         if not self.can_allocate(need, admission=admission):
             return False
         self._take_blocks(need, req.blocks)
-        used = self.num_blocks - len(self.free_plain) - len(self.cached)
-        if used > self.stats.peak_used:
-            self.stats.peak_used = used
         return True
+
+    def take(self, need: int) -> list[int]:
+        """``need`` blocks for holders that are not requests (bulk allocation of a
+        fast-forward run, which hands them out itself); the caller checked capacity."""
+        out: list[int] = []
+        self._take_blocks(need, out)
+        return out
 
     def _take_blocks(self, need: int, out: list[int]) -> None:
         """Append ``need`` blocks to ``out``: plain free ones first, then evict LRU cached."""
-        ref = self.ref
-        fp = self.free_plain
-        while need and fp:
-            b = fp.pop()
-            ref[b] = 1
+        top = self._free_top
+        if need == 1 and top:  # a decoder crossing a block boundary: the common case
+            b = int(self._free_stack[top - 1])
+            self.ref[b] = 1
             out.append(b)
-            need -= 1
-        if not need:
+            self._free_top = top - 1
+            used = self.num_blocks - top + 1 - self.num_cached
+            if used > self.stats.peak_used:
+                self.stats.peak_used = used
             return
-        cached = self.cached
-        bh = self.block_hash
-        h2b = self.hash_to_block
-        self.stats.evicted_cached += need
-        for _ in range(need):
-            b = cached.popitem(last=False)[0]
-            del h2b[bh[b]]  # invariant: a block with a hash is the one registered for it
-            bh[b] = None
-            ref[b] = 1
-            out.append(b)
+        plain = need if need < top else top
+        if plain:
+            seg = self._free_stack[top - plain: top][::-1]
+            self.ref[seg] = 1
+            out.extend(seg.tolist())
+            self._free_top = top - plain
+        rest = need - plain
+        if rest:
+            self.stats.evicted_cached += rest
+            self.num_cached -= rest
+            out.extend(self._evict(rest))
+        used = self.num_blocks - self._free_top - self.num_cached
+        if used > self.stats.peak_used:
+            self.stats.peak_used = used
+
+    def _evict(self, n: int) -> list[int]:
+        """Pop the ``n`` least recently released live LRU entries; their hashes are dropped
+        (their ``hash_to_block`` entries go stale)."""
+        lru, pos = self._lru, self._lru_pos
+        head = self._lru_head
+        if n == 1:
+            while pos[lru[head]] != head:
+                head += 1
+            b = int(lru[head])
+            self._lru_head = head + 1
+            pos[b] = -1
+            self.has_hash[b] = False
+            self.ref[b] = 1
+            return [b]
+        taken: list[np.ndarray] = []
+        while n:
+            seg = lru[head: head + n]
+            live = seg[pos[seg] == np.arange(head, head + len(seg))]
+            head += len(seg)
+            if len(live):
+                taken.append(live)
+                n -= len(live)
+        self._lru_head = head
+        blocks = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        pos[blocks] = -1
+        self.has_hash[blocks] = False
+        self.ref[blocks] = 1
+        return blocks.tolist()
 
     def commit(self, req: Request) -> None:
         """Register the hashes of ``req``'s newly full computed blocks in the prefix cache."""
@@ -177,51 +285,115 @@ class KVCache:
         done = self.hashed_count.get(req.id, 0)
         if n_full <= done:
             return
-        hashes = req.content.block_hashes(self.block_size, req.num_computed)
-        h2b = self.hash_to_block
-        bh = self.block_hash
-        blocks = req.blocks
-        for i in range(done, n_full):
-            h = hashes[i]
-            b = blocks[i]
-            if bh[b] is None and h not in h2b:
-                h2b[h] = b
-                bh[b] = h
         self.hashed_count[req.id] = n_full
+        if req.content.private:  # nobody else can look these up: stamp, do not index
+            blocks = req.blocks[done:n_full]
+            self.block_hash[blocks] = _stamps(req, done, n_full)
+            self.has_hash[blocks] = True
+            return
+        hashes = req.content.block_hashes(self.block_size, req.num_computed)[done:n_full]
+        blocks = req.blocks[done:n_full]
+        h2b = self.hash_to_block
+        known = list(map(h2b.get, hashes))
+        if known.count(None) != len(known):  # some content was computed twice: first wins
+            keep = [i for i, b in enumerate(known) if b is None or not self._is_live(b, hashes[i])]
+            hashes = [hashes[i] for i in keep]
+            blocks = [blocks[i] for i in keep]
+        if not blocks:
+            return
+        h2b.update(zip(hashes, blocks))
+        self.block_hash[blocks] = hashes
+        self.has_hash[blocks] = True
+        if len(h2b) > 4 * self.num_blocks + 4096:
+            self._sweep_hash_map()
 
-    def free(self, req: Request) -> None:
-        """Drop ``req``'s references, tail first (its last blocks become the first evicted)."""
-        self._release(reversed(req.blocks))
+    def _is_live(self, block: int, h: int) -> bool:
+        return bool(self.has_hash[block]) and int(self.block_hash[block]) == h
+
+    def _sweep_hash_map(self) -> None:
+        """Drop stale hash entries (evicted blocks): amortised O(1) per registration."""
+        live = np.flatnonzero(self.has_hash)
+        self.hash_to_block = dict(zip(self.block_hash[live].tolist(), live.tolist()))
+
+    def free(self, req: Request, *, may_return: bool = False) -> None:
+        """Drop ``req``'s references, tail first (its last blocks become the first evicted).
+
+        Full blocks not registered yet are registered first: the simulator defers a decoding
+        request's output blocks to here, as no other request can name them before it ends.
+        ``may_return`` (a recompute preemption): a private request remembers its blocks, the
+        only place its prefix can be found again."""
+        self.commit(req)
+        blocks = req.blocks
+        self._release(blocks[::-1])
         req.blocks = []
+        req.own_blocks = blocks if may_return and req.content.private else None
         self.hashed_count.pop(req.id, None)
 
-    def _release(self, blocks) -> None:
+    def _release(self, blocks: list[int]) -> None:
+        """One reference less on each of ``blocks`` (distinct, in release order)."""
+        if not blocks:
+            return
+        if len(blocks) < self._SCALAR:
+            for b in blocks:
+                self._release_one(b)
+            return
+        arr = np.asarray(blocks, dtype=np.int64)
         ref = self.ref
-        bh = self.block_hash
-        cached = self.cached
-        fp = self.free_plain
-        for b in blocks:
-            r = ref[b] - 1
-            ref[b] = r
-            if r == 0:
-                if bh[b] is not None:
-                    cached[b] = None
-                else:
-                    fp.append(b)
+        ref[arr] -= 1
+        idle = arr[ref[arr] == 0]
+        if not len(idle):
+            return
+        hashed = self.has_hash[idle]
+        self._push_lru(idle[hashed])
+        plain = idle[~hashed]
+        top = self._free_top
+        self._free_stack[top: top + len(plain)] = plain
+        self._free_top = top + len(plain)
+
+    def _release_one(self, b: int) -> None:
+        r = self.ref[b] - 1
+        self.ref[b] = r
+        if r:
+            return
+        if self.has_hash[b]:
+            self._push_lru(np.array([b], dtype=np.int64))
+        else:
+            self._free_stack[self._free_top] = b
+            self._free_top += 1
+
+    def _push_lru(self, blocks: np.ndarray) -> None:
+        n = len(blocks)
+        if not n:
+            return
+        if self._lru_tail + n > len(self._lru):
+            self._compact_lru()
+        tail = self._lru_tail
+        self._lru[tail: tail + n] = blocks
+        self._lru_pos[blocks] = np.arange(tail, tail + n)
+        self._lru_tail = tail + n
+        self.num_cached += n
+
+    def _compact_lru(self) -> None:
+        """Move the live entries to the front; amortised over >= num_blocks releases."""
+        live = self._live_lru()
+        self._lru[: len(live)] = live
+        self._lru_pos[live] = np.arange(len(live))
+        self._lru_head, self._lru_tail = 0, len(live)
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, blocks: list[int], expiry: float, owner: int | None = None,
             tag: str = "") -> int:
         """Hold ``blocks`` until ``expiry`` (virtual or wall seconds). Returns the pin id."""
-        for b in blocks:
-            if self.ref[b] == 0 and b not in self.cached:
-                raise ValueError(f"cannot pin free block {b}: it holds no KV")
+        if blocks:
+            arr = np.asarray(blocks, dtype=np.int64)
+            idle = arr[self.ref[arr] == 0]
+            if len(idle) and np.any(self._lru_pos[idle] < 0):
+                bad = int(idle[self._lru_pos[idle] < 0][0])
+                raise ValueError(f"cannot pin free block {bad}: it holds no KV")
         pid = self._next_pin
         self._next_pin += 1
-        for b in blocks:
-            if self.ref[b] == 0:
-                del self.cached[b]
-            self.ref[b] += 1
+        if blocks:
+            self._hold(blocks)
         self.pins[pid] = Pin(pid, list(blocks), expiry, owner, tag)
         heapq.heappush(self._pin_heap, (expiry, pid))
         self.stats.pins_created += 1
@@ -231,7 +403,7 @@ class KVCache:
         pin = self.pins.pop(pid, None)
         if pin is None:
             return False
-        self._release(reversed(pin.blocks))
+        self._release(pin.blocks[::-1])
         return True
 
     def release_pins_of(self, owner: int) -> int:
@@ -314,22 +486,35 @@ class KVCache:
         for p in self.pins.values():
             for b in p.blocks:
                 expected[b] += 1
-        if expected != self.ref:
-            bad = [b for b in range(self.num_blocks) if expected[b] != self.ref[b]][:5]
+        ref = self.ref.tolist()
+        if expected != ref:
+            bad = [b for b in range(self.num_blocks) if expected[b] != ref[b]][:5]
             raise AssertionError(f"block refcounts disagree with holders at {bad}")
-        free_set = set(self.free_plain)
-        if len(free_set) != len(self.free_plain):
+        free_list = self.free_plain
+        free_set = set(free_list)
+        if len(free_set) != len(free_list):
             raise AssertionError("a block is twice in the free list")
+        cached_list = self.cached
+        cached_set = set(cached_list)
+        if len(cached_set) != len(cached_list) or len(cached_list) != self.num_cached:
+            raise AssertionError(f"LRU holds {len(cached_list)} live entries "
+                                 f"({len(cached_set)} distinct), count says {self.num_cached}")
+        has = self.has_hash.tolist()
         for b in range(self.num_blocks):
-            states = (self.ref[b] > 0) + (b in free_set) + (b in self.cached)
+            states = (ref[b] > 0) + (b in free_set) + (b in cached_set)
             if states != 1:
-                raise AssertionError(f"block {b} is in {states} states (ref={self.ref[b]})")
-            if b in free_set and self.block_hash[b] is not None:
+                raise AssertionError(f"block {b} is in {states} states (ref={ref[b]})")
+            if b in free_set and has[b]:
                 raise AssertionError(f"free block {b} still has a hash")
-            if b in self.cached and self.block_hash[b] is None:
+            if b in cached_set and not has[b]:
                 raise AssertionError(f"cached block {b} has no hash")
-        for h, b in self.hash_to_block.items():
-            if self.block_hash[b] != h:
-                raise AssertionError(f"hash map points at block {b} whose hash differs")
+            if has[b] and self.hash_to_block.get(int(self.block_hash[b]), b) != b:
+                raise AssertionError(f"block {b}'s hash is registered to another block")
         if not 0 <= self.host_used <= max(self.num_host_blocks, 0):
             raise AssertionError(f"host tier usage {self.host_used} out of range")
+
+
+def _stamps(req: Request, start: int, stop: int) -> np.ndarray:
+    """Stand-in hashes of a private request's blocks ``start..stop-1``: unique per (request,
+    block), negative like half of all Python hashes; compared only against its own blocks."""
+    return ~((req.id << 24) + np.arange(start, stop, dtype=np.int64))

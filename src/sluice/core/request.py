@@ -86,6 +86,7 @@ class Request:
     resume_layers: int = 0  # layers of the next chunk already done (interrupted prefill)
     resume_tokens: int = 0
     stop_reason: str = ""
+    own_blocks: list[int] | None = None  # private content: its blocks when last preempted
 
     # timeline
     first_scheduled: float = -1.0

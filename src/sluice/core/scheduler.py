@@ -37,7 +37,8 @@ class Scheduler:
         # every inter-token latency in seconds (the simulator's metrics read it); a long-lived
         # server swaps in a bounded deque so memory stays flat
         self.itls = array("d")
-        self.itl_runs: list[np.ndarray] = []  # ITLs of fast-forwarded runs, in bulk
+        # ITLs of fast-forwarded runs in bulk: (gaps of the run's steps, batch size)
+        self.itl_runs: list[tuple[np.ndarray, int]] = []
         self.num_preemptions = 0
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
@@ -106,8 +107,11 @@ class Scheduler:
             self.kv.release_pins_of(req.program)
 
     def all_itls(self) -> np.ndarray:
-        parts = [np.asarray(self.itls, dtype=np.float64)] if len(self.itls) else []
-        return np.concatenate(parts + self.itl_runs) if parts or self.itl_runs else np.zeros(0)
+        """Every inter-token latency, expanded (tests, small runs); the summary reads them
+        weighted instead (``metrics.sample.itl_sample``)."""
+        parts = [np.asarray(self.itls, dtype=np.float64)]
+        parts += [np.repeat(diffs, batch) for diffs, batch in self.itl_runs]
+        return np.concatenate(parts)
 
     @property
     def has_work(self) -> bool:
@@ -349,7 +353,7 @@ class Scheduler:
             req.state = RequestState.SWAPPED
         else:
             req.recomputed_tokens += req.num_computed
-            kv.free(req)
+            kv.free(req, may_return=True)
             req.num_computed = 0
             req.state = RequestState.PREEMPTED
         if self._requeue is not None:  # inside the waiting loop: do not shift its indices
@@ -404,7 +408,9 @@ class Scheduler:
             if (req.num_output >= req.max_tokens or req.id in finished_ids
                     or computed + 1 >= max_len):
                 ended.append(req)
-            if computed % bs == 0:  # a block became full
+            # a block became full: register it now for token content; a virtual output
+            # segment is unique to its request, so kv.free registers those blocks at its end
+            if computed % bs == 0 and req.content.segments is None:
                 kv.commit(req)
         for req in ended:
             self._finish(req, now, "stop" if req.id in finished_ids else "length")
@@ -459,4 +465,4 @@ def _chunk(req: Request, remaining: int, budget: int, cap: int) -> int:
 
 def _cached_among(kv: KVCache, hits: list[int]) -> int:
     """Hits that sit in the evictable LRU count as free until we take them: add them back."""
-    return sum(1 for b in hits if kv.ref[b] == 0)
+    return kv.unreferenced(hits)

@@ -6,8 +6,9 @@ consecutive tokens of a request; E2EL = last token - send time; throughputs over
 duration (first arrival to last completion); goodput = requests meeting *every* given SLO
 (``--goodput ttft:MS tpot:MS e2el:MS``) per second. All latencies in ms.
 
-Determinism: every statistic is computed on a sorted array, so the order in which values were
-recorded (step by step or fast-forwarded) cannot change a bit of the result.
+Determinism: every statistic is computed on a sample's canonical form (distinct sorted values
+with counts, ``metrics/sample.py``), so the order in which values were recorded (step by step
+or fast-forwarded) cannot change a bit of the result.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from sluice.errors import ConfigError
 from sluice.metrics.records import RequestRecord
+from sluice.metrics.sample import WeightedSample
 
 PERCENTILES = (50, 90, 99)
 GOODPUT_KEYS = ("ttft", "tpot", "e2el")
@@ -44,18 +46,20 @@ def parse_goodput(items: Iterable[str] | None) -> dict[str, float]:
     return out
 
 
-def _dist(prefix: str, values_s: np.ndarray, out: dict) -> None:
+def _dist(prefix: str, values_s: np.ndarray | WeightedSample, out: dict) -> None:
     """mean/median/std/p90/p99 in ms of a sample given in seconds."""
-    v = np.sort(values_s[~np.isnan(values_s)]) * 1000.0
-    if v.size == 0:
+    if not isinstance(values_s, WeightedSample):
+        values_s = WeightedSample.of(values_s)
+    if values_s.size == 0:
         for stat in ("mean", "median", "std", "p90", "p99"):
             out[f"{stat}_{prefix}_ms"] = None
         return
-    out[f"mean_{prefix}_ms"] = float(np.sum(v) / v.size)
-    out[f"median_{prefix}_ms"] = float(np.percentile(v, 50))
-    out[f"std_{prefix}_ms"] = float(np.std(v))
-    out[f"p90_{prefix}_ms"] = float(np.percentile(v, 90))
-    out[f"p99_{prefix}_ms"] = float(np.percentile(v, 99))
+    v = WeightedSample(values_s.values * 1000.0, values_s.counts)
+    out[f"mean_{prefix}_ms"] = v.mean()
+    out[f"median_{prefix}_ms"] = v.percentile(50)
+    out[f"std_{prefix}_ms"] = v.std()
+    out[f"p90_{prefix}_ms"] = v.percentile(90)
+    out[f"p99_{prefix}_ms"] = v.percentile(99)
 
 
 def jain_index(values: list[float]) -> float | None:
@@ -88,7 +92,7 @@ def _own_slo(rec: RequestRecord) -> dict[str, float]:
     return b
 
 
-def summarize(records: list[RequestRecord], itls: np.ndarray,
+def summarize(records: list[RequestRecord], itls: np.ndarray | WeightedSample,
               goodput: dict[str, float] | None = None) -> dict:
     """The summary dict; keys documented in docs/cli.md."""
     done = [r for r in records if r.completed]
@@ -121,7 +125,7 @@ def summarize(records: list[RequestRecord], itls: np.ndarray,
         out["goodput_fraction"] = good / len(records) if records else None
     _dist("ttft", np.array([r.ttft for r in done], dtype=float), out)
     _dist("tpot", np.array([r.tpot for r in done], dtype=float), out)
-    _dist("itl", np.asarray(itls, dtype=float), out)
+    _dist("itl", itls, out)
     _dist("e2el", np.array([r.e2el for r in done], dtype=float), out)
     _dist("queue", np.array([r.first_scheduled - r.arrival for r in done], dtype=float), out)
     out.update(_service_and_fairness(done))

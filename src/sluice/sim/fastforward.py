@@ -49,20 +49,39 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
     if k_cap < MIN_STEPS:
         return None
     k_cap = min(k_cap, MAX_STEPS)
-    b = len(reqs)
-    ctx0 = sum(r.num_computed for r in reqs) + b
-    durations = perf.decode_run(b, ctx0, k_cap)
-    ends = np.cumsum(np.concatenate(([now], durations)))[1:]
-    if horizon < math.inf:
-        # an event at time <= ends[j] changes step j+1: stop after the first such step
-        j = int(np.searchsorted(ends, horizon, side="left"))
-        k_cap = min(k_cap, j + 1)
+    ends = _step_ends(perf, reqs, now, k_cap, horizon)
+    k_cap = len(ends)
     if k_cap < MIN_STEPS:
         return None
     allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)  # only up to the horizon
     if k_cap < MIN_STEPS:
         return None
     return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at)
+
+
+def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
+               ) -> np.ndarray:
+    """End times of the run's steps, up to ``k_cap`` or the first step an event at
+    ``horizon`` changes (an event at time <= ends[j] changes step j+1, so j is the last).
+    Priced in growing chunks: most runs are cut by an arrival long before a finish, and
+    each step's time and each end (a running sum from ``now``) is the same whether it is
+    computed alone or in a chunk."""
+    b = len(reqs)
+    ctx0 = sum(r.num_computed for r in reqs) + b
+    parts: list[np.ndarray] = []
+    done, start, chunk = 0, now, 32
+    while done < k_cap:
+        n = min(chunk, k_cap - done)
+        durations = perf.decode_run(b, ctx0 + done * b, n)
+        ends = np.cumsum(np.concatenate(([start], durations)))[1:]
+        if ends[-1] >= horizon:
+            parts.append(ends[: int(ends.searchsorted(horizon, side="left")) + 1])
+            break
+        parts.append(ends)
+        done += n
+        start = float(ends[-1])
+        chunk *= 8
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
@@ -102,38 +121,40 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     sched = engine.scheduler
     kv = engine.kv
     k = run.k
-    for _j, i, total in run.allocs:
-        if not kv.allocate(run.reqs[i], total):  # pragma: no cover - guarded by planning
+    reqs = run.reqs
+    if run.allocs:  # taken in one go, handed out in step-by-step order: the same blocks
+        if len(run.allocs) > kv.num_free:  # pragma: no cover - guarded by planning
             raise AssertionError("fast-forward allocation failed")
+        for (_j, i, _total), block in zip(run.allocs, kv.take(len(run.allocs))):
+            reqs[i].blocks.append(block)
     ends = run.ends
     first_end = float(ends[0])
     end = float(ends[-1])
     itls = sched.itls
-    diffs = (ends[1:] - ends[:-1]) if k > 1 else ends[:0]
     ended: list[Request] = []
+    stops: list[bool] = []
     max_len = sched.cfg.max_model_len
-    bs = kv.block_size
-    for r, eos in zip(run.reqs, run.eos_at):
-        c = r.num_computed
-        r.num_computed = c + k
+    for r, eos in zip(reqs, run.eos_at):
+        r.num_computed += k
         content = r.content
         if content.segments is not None and content.segments[-1][0] == r.output_key:
             content.segments[-1][1] += k  # inline append_virtual: the hot path
             content.length += k
         else:
             content.append_virtual(r.output_key, k)
+            if content.segments is None:
+                kv.commit(r)  # token content only: virtual output blocks register at kv.free
         r.num_tokens += k
         r.num_output += k
         itls.append(first_end - r.last_token)
         r.last_token = end
-        if (c + k) // bs != c // bs:
-            kv.commit(r)
         if r.num_output >= r.max_tokens or eos == k or r.num_tokens >= max_len:
             ended.append(r)
+            stops.append(eos == k)
     if k > 1:
-        sched.itl_runs.append(np.repeat(diffs, len(run.reqs)))
+        sched.itl_runs.append((ends[1:] - ends[:-1], len(reqs)))
     engine.steps += k
-    for r in ended:
-        sched._finish(r, end, "stop" if run.eos_at[run.reqs.index(r)] == k else "length")
-    engine.policy.on_decode_run(run.reqs, k, sched.view(end))
+    for r, stop in zip(ended, stops):
+        sched._finish(r, end, "stop" if stop else "length")
+    engine.policy.on_decode_run(reqs, k, sched.view(end))
     return ended

@@ -19,6 +19,7 @@ from sluice.core.scheduler import Scheduler
 from sluice.errors import ConfigError
 from sluice.executors.simulated import SimulatedExecutor
 from sluice.metrics.records import RequestRecord
+from sluice.metrics.sample import WeightedSample, itl_sample, merged
 from sluice.metrics.summary import summarize
 from sluice.perf.base import PerfModel
 from sluice.policies.base import make_policy
@@ -63,7 +64,7 @@ class SimResult:
     config: SimConfig
     records: list[RequestRecord]
     summary: dict
-    itls: np.ndarray
+    itls: WeightedSample
     kv_samples: list[tuple[float, int]]
     loop_stats: dict
 
@@ -158,7 +159,7 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     loop.run(progress)
     _check_conservation(engine)
     records.sort(key=lambda r: r.id)
-    itls = engine.scheduler.all_itls()
+    itls = itl_sample(engine.scheduler)
     summary = summarize(records, itls, cfg.goodput or None)
     st = loop.stats
     summary["steps"] = engine.steps
@@ -217,7 +218,7 @@ def run_lockstep(cfg: SimConfig, workload: Workload,
     for engine in engines:
         _check_conservation(engine)
     records.sort(key=lambda r: r.id)
-    itls = np.concatenate([e.scheduler.all_itls() for e in engines])
+    itls = merged([itl_sample(e.scheduler) for e in engines])
     summary = summarize(records, itls, cfg.goodput or None)
     st = loop.stats
     blocks = sum(e.kv.num_blocks for e in engines)

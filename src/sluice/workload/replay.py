@@ -36,7 +36,7 @@ def record_content(rec: TraceRecord, request_id: int) -> Content:
     blocks (fewer ids than the length needs) are completed with a private segment.
     """
     if not rec.hash_ids:
-        return Content(segments=[(unique_key(request_id), rec.input_len)])
+        return Content(segments=[(unique_key(request_id), rec.input_len)], private=True)
     bs = rec.block_size
     n = min(len(rec.hash_ids), -(-rec.input_len // bs))
     segs = [(hash_key(h), bs) for h in rec.hash_ids[:n]]

@@ -133,7 +133,7 @@ class ServeGenWorkload:
         n_in = max(1, int(self._pmf(client, abs_t, "input_tokens").sample(rng)))
         out = max(1, int(self._pmf(client, abs_t, "output_tokens").sample(rng)))
         cap = self.max_tokens
-        req = Request(i, t, Content(segments=[(unique_key(i), n_in)]), cap or out,
+        req = Request(i, t, Content(segments=[(unique_key(i), n_in)], private=True), cap or out,
                       user=f"c{client}", true_output=out if cap is None else min(out, cap))
         if self.decorator.active:
             self.decorator.apply(req, i, None, rng)

@@ -1,0 +1,88 @@
+"""A sample kept as sorted distinct values with counts.
+
+Why: a fast-forwarded run of ``k`` decode steps over a batch of ``b`` requests yields ``k``
+distinct inter-token gaps, each seen ``b`` times. Keeping (value, count) instead of ``k * b``
+floats makes the ITL sample of a million-request run fit in memory, and sorting the distinct
+values is much cheaper than sorting every token's gap. Statistics are those of the expanded
+sample (percentiles with numpy's default "linear" rule), and are computed on the canonical
+form (distinct sorted values, merged counts), so how values were recorded — one by one or in
+runs — cannot change a bit of the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(slots=True, frozen=True)
+class WeightedSample:
+    values: np.ndarray  # distinct, ascending, no NaN
+    counts: np.ndarray  # int64, > 0
+
+    @classmethod
+    def of(cls, values: np.ndarray, counts: np.ndarray | None = None) -> "WeightedSample":
+        """Canonical form of ``values`` (each seen ``counts`` times, default once); NaNs are
+        dropped."""
+        values = np.asarray(values, dtype=np.float64)
+        keep = ~np.isnan(values)
+        values = values[keep]
+        if counts is None:
+            uniq, n = np.unique(values, return_counts=True)
+            return cls(uniq, n.astype(np.int64))
+        counts = np.asarray(counts, dtype=np.int64)[keep]
+        uniq, inverse = np.unique(values, return_inverse=True)
+        merged = np.bincount(inverse, weights=counts, minlength=len(uniq))
+        return cls(uniq, merged.astype(np.int64))
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.sum())
+
+    def __len__(self) -> int:
+        return self.size
+
+    def max(self) -> float:
+        return float(self.values[-1]) if len(self.values) else float("nan")
+
+    def expand(self) -> np.ndarray:
+        """Every value, ``count`` times, ascending."""
+        return np.repeat(self.values, self.counts)
+
+    def mean(self) -> float:
+        return float(np.dot(self.values, self.counts) / self.size)
+
+    def std(self) -> float:
+        """Population standard deviation (numpy's ``std`` default)."""
+        dev = self.values - self.mean()
+        return float(np.sqrt(np.dot(dev * dev, self.counts) / self.size))
+
+    def percentile(self, q: float) -> float:
+        """``np.percentile(self.expand(), q)`` without expanding."""
+        n = self.size
+        pos = q / 100.0 * (n - 1)
+        lo = int(np.floor(pos))
+        t = pos - lo
+        ends = np.cumsum(self.counts)  # ends[i]: index one past the last copy of value i
+        a = self.values[np.searchsorted(ends, lo, side="right")]
+        b = self.values[np.searchsorted(ends, min(lo + 1, n - 1), side="right")]
+        # numpy's _lerp: exact at both ends of the interval
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+
+def itl_sample(scheduler) -> WeightedSample:
+    """A scheduler's inter-token latencies (one by one, and fast-forwarded runs' gaps times
+    their batch size) as one weighted sample."""
+    gaps = [np.asarray(scheduler.itls, dtype=np.float64)]
+    counts = [np.ones(len(gaps[0]), dtype=np.int64)]
+    for diffs, batch in scheduler.itl_runs:
+        gaps.append(diffs)
+        counts.append(np.full(len(diffs), batch, dtype=np.int64))
+    return WeightedSample.of(np.concatenate(gaps), np.concatenate(counts))
+
+
+def merged(samples: list[WeightedSample]) -> WeightedSample:
+    """One sample of several (data-parallel ranks)."""
+    return WeightedSample.of(np.concatenate([s.values for s in samples]),
+                             np.concatenate([s.counts for s in samples]))

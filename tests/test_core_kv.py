@@ -136,3 +136,61 @@ def test_random_operations_conserve_blocks(ops, bs, blocks):
             swapped[slot] = r
         kv.check(list(live.values()))
         assert kv.num_free + kv.num_used == blocks
+
+
+def _private(rid: int, prompt: int) -> "Request":
+    from sluice.core.content import Content
+    from sluice.core.request import Request
+    return Request(id=rid, arrival=0.0, content=Content(segments=[(10_000 + rid, prompt)],
+                                                         private=True), max_tokens=4)
+
+
+def _run_to_free(kv, r, *, may_return=False):
+    kv.acquire_hits(r, kv.lookup(r))
+    assert kv.allocate(r, r.num_tokens)
+    r.num_computed = r.num_tokens
+    kv.commit(r)
+    kv.free(r, may_return=may_return)
+
+
+def test_private_content_stays_out_of_the_shared_index_but_finds_itself_again():
+    kv = KVCache(16, 4)
+    r = _private(0, 10)
+    _run_to_free(kv, r, may_return=True)  # preempted: its 2 full blocks stay cached
+    assert kv.hash_to_block == {} and kv.num_cached == 2
+    r.num_computed = 0
+    assert len(kv.lookup(r)) == 2  # its own blocks, found again
+    other = _private(1, 10)
+    assert kv.lookup(other) == []
+    kv.acquire_hits(r, kv.lookup(r))
+    kv.check([r])
+
+
+def test_private_self_hits_stop_where_a_block_was_evicted():
+    kv = KVCache(4, 4)
+    r = _private(0, 13)  # 3 full blocks + 1 partial
+    _run_to_free(kv, r, may_return=True)  # tail first: tokens 8..11 are the oldest cached
+    r.num_computed = 0
+    assert len(kv.lookup(r)) == 3
+    squatter = _private(1, 8)  # the partial block's slot, then evicts tokens 8..11
+    _run_to_free(kv, squatter)
+    assert kv.stats.evicted_cached == 1
+    assert len(kv.lookup(r)) == 2
+    kv.check([])
+
+
+def test_private_content_cannot_be_continued():
+    import pytest
+    with pytest.raises(ValueError, match="private"):
+        _private(0, 8).content.copy()
+
+
+def test_stale_hash_entries_are_swept_and_the_lru_compacts():
+    """Eviction leaves hash-map entries and LRU slots stale on purpose; both are reclaimed."""
+    kv = KVCache(4, 1)
+    for rid in range(6000):
+        r = make_request(rid, 0.0, 3, 1)
+        _run_to_free(kv, r)
+        assert len(kv.hash_to_block) <= 4 * kv.num_blocks + 4096 + 3
+    assert kv.stats.evicted_cached > 0
+    kv.check([])

@@ -30,8 +30,11 @@ def workloads(draw):
         out = draw(st.integers(1, 120))
         cap = draw(st.one_of(st.none(), st.integers(1, 150)))
         shared = draw(st.booleans()) and prompt > 64
-        reqs.append(make_request(i, t, prompt, out, max_tokens=cap or out,
-                                 prefix=(1, 64) if shared else None))
+        req = make_request(i, t, prompt, out, max_tokens=cap or out,
+                           prefix=(1, 64) if shared else None)
+        if not shared and draw(st.booleans()):  # a length-only trace's private prompt
+            req.content.private = True
+        reqs.append(req)
     return reqs
 
 

@@ -225,7 +225,7 @@ class KVCache:
         """Append ``need`` blocks to ``out``: plain free ones first, then evict LRU cached."""
         top = self._free_top
         if need == 1 and top:  # a decoder crossing a block boundary: the common case
-            b = int(self._free_stack[top - 1])
+            b = self._free_stack.item(top - 1)
             self.ref[b] = 1
             out.append(b)
             self._free_top = top - 1
@@ -254,9 +254,10 @@ class KVCache:
         lru, pos = self._lru, self._lru_pos
         head = self._lru_head
         if n == 1:
-            while pos[lru[head]] != head:
+            b = lru.item(head)
+            while pos.item(b) != head:
                 head += 1
-            b = int(lru[head])
+                b = lru.item(head)
             self._lru_head = head + 1
             pos[b] = -1
             self.has_hash[b] = False
@@ -287,7 +288,7 @@ class KVCache:
             return
         self.hashed_count[req.id] = n_full
         if req.content.private:  # nobody else can look these up: stamp, do not index
-            blocks = req.blocks[done:n_full]
+            blocks = np.array(req.blocks[done:n_full], dtype=np.int64)
             self.block_hash[blocks] = _stamps(req, done, n_full)
             self.has_hash[blocks] = True
             return

@@ -150,7 +150,8 @@ class Scheduler:
         chunked = cfg.enable_chunked_prefill
         bs = self.kv.block_size
         order = self._running_order(now)
-        scheduled: set[int] = set()
+        decodes = plan.decodes
+        stats = plan.stats
         for req in order:
             if budget <= 0:
                 break
@@ -159,33 +160,35 @@ class Scheduler:
             computed = req.num_computed
             remaining = req.num_tokens - computed
             if remaining == 1 and computed >= req.prompt_len:
-                # decode: the hot path, no chunking decisions and rarely a new block
+                # decode: the hot path (plan.add_decode inlined), rarely a new block
                 if computed >= len(req.blocks) * bs and not self._grow(
-                        plan, req, computed + 1, now, scheduled):
+                        plan, req, computed + 1, now):
                     continue
-                plan.add_decode(req)
-                scheduled.add(req.id)
+                decodes.append(req)
+                stats.decode_seqs += 1
+                stats.decode_ctx += computed + 1
                 budget -= 1
                 continue
             n = _chunk(req, remaining, budget, cap)
             if n < remaining and not chunked:
                 continue
-            if not self._grow(plan, req, computed + n, now, scheduled):
+            if not self._grow(plan, req, computed + n, now):
                 continue
             self._add_prefill(plan, req, n, now)
-            scheduled.add(req.id)
             budget -= n
         return budget
 
-    def _grow(self, plan: StepPlan, req: Request, total: int, now: float,
-              scheduled: set[int]) -> bool:
-        """Allocate KV for a running request, preempting victims while short."""
+    def _grow(self, plan: StepPlan, req: Request, total: int, now: float) -> bool:
+        """Allocate KV for a running request, preempting victims while short (victims are
+        running requests not planned yet this step)."""
         kv = self.kv
         while not kv.allocate(req, total):
             need = kv.needed_blocks(req, total)
             if kv.pins and kv.reclaim_pins(need, key=self._reclaim_key(now)):
                 continue
-            candidates = [r for r in self.running if r.state == _RUN and r.id not in scheduled]
+            scheduled = {id(r) for r in plan.decodes}
+            scheduled.update(id(c.req) for c in plan.chunks)
+            candidates = [r for r in self.running if r.state == _RUN and id(r) not in scheduled]
             victim = self.policy.victim(candidates, self.view(now)) if candidates else req
             self._preempt(plan, victim, now)
             if victim is req:
@@ -397,20 +400,25 @@ class Scheduler:
                 continue
             computed = req.num_computed + 1
             req.num_computed = computed
-            if sampled is None:
-                req.content.append_virtual(req.output_key, 1)
+            content = req.content
+            segs = content.segments
+            if sampled is not None:
+                content.append_tokens(sampled[req.id])
+            elif segs is not None and segs[-1][0] == -1 - req.id:  # req.output_key, inlined
+                segs[-1][1] += 1
+                content.length += 1
             else:
-                req.content.append_tokens(sampled[req.id])
+                content.append_virtual(req.output_key, 1)
             req.num_tokens = computed + 1
-            req.num_output += 1
+            out = req.num_output + 1
+            req.num_output = out
             itls.append(now - req.last_token)
             req.last_token = now
-            if (req.num_output >= req.max_tokens or req.id in finished_ids
-                    or computed + 1 >= max_len):
+            if out >= req.max_tokens or computed + 1 >= max_len or req.id in finished_ids:
                 ended.append(req)
             # a block became full: register it now for token content; a virtual output
             # segment is unique to its request, so kv.free registers those blocks at its end
-            if computed % bs == 0 and req.content.segments is None:
+            if segs is None and computed % bs == 0:
                 kv.commit(req)
         for req in ended:
             self._finish(req, now, "stop" if req.id in finished_ids else "length")

@@ -247,9 +247,12 @@ class StepCostModel:
             return np.zeros(k, dtype=np.float64)
         fixed = self.token_time(batch + 0.0, batch)
         base = (fixed + 0.0) * self.c.scale
-        ctx = (ctx_sum + np.arange(k, dtype=np.int64) * batch).astype(np.float64)
-        dec = self.decode_fixed(batch) + self._dec_slope * ctx
-        return base + dec
+        # integers below 2**53 are exact in float64: the same values step_time sees
+        ctx = np.arange(ctx_sum, ctx_sum + k * batch, batch, dtype=np.float64)
+        dec = self._dec_slope * ctx
+        dec += self.decode_fixed(batch)
+        dec += base
+        return dec
 
     def swap_time(self, blocks: int, contiguous_runs: int) -> float:
         """Host<->GPU copy of the blocks plus a copy launch per contiguous run per layer (~5 us:

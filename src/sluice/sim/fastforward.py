@@ -86,15 +86,25 @@ def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
 
 def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
                           ) -> tuple[int, list[float]]:
-    k = math.inf
-    eos_at = []
+    """Steps before the first request ends (EOS, max_tokens or the context limit), and each
+    request's steps to EOS; 0 if a request is not a steady decoder (e.g. a prompt's last
+    token is still to compute). Plain comparisons: this loop runs for every run."""
+    k = 1 << 30
+    eos_at: list[float] = []
     for r in reqs:
-        if r.first_token < 0 or r.num_tokens - r.num_computed != 1 or r.resume_tokens:
-            return 0, eos_at  # not a steady decoder (e.g. a prompt's last token)
+        tokens = r.num_tokens
+        if tokens - r.num_computed != 1 or r.first_token < 0 or r.resume_tokens:
+            return 0, eos_at
         eos = steps_to_eos(r)
         eos_at.append(eos)
-        k = min(k, r.max_tokens - r.num_output, eos, max_len - r.num_tokens)
-    return (int(k) if k < math.inf else 1 << 30), eos_at
+        limit = r.max_tokens - r.num_output
+        if eos < limit:
+            limit = eos
+        if max_len - tokens < limit:
+            limit = max_len - tokens
+        if limit < k:
+            k = limit
+    return int(k), eos_at
 
 
 def _block_allocations(reqs: list[Request], kv, k_cap: int
@@ -137,7 +147,7 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     for r, eos in zip(reqs, run.eos_at):
         r.num_computed += k
         content = r.content
-        if content.segments is not None and content.segments[-1][0] == r.output_key:
+        if content.segments is not None and content.segments[-1][0] == -1 - r.id:  # output_key
             content.segments[-1][1] += k  # inline append_virtual: the hot path
             content.length += k
         else:

@@ -224,17 +224,15 @@ class KVCache:
     def _take_blocks(self, need: int, out: list[int]) -> None:
         """Append ``need`` blocks to ``out``: plain free ones first, then evict LRU cached."""
         top = self._free_top
-        if need == 1 and top:  # a decoder crossing a block boundary: the common case
-            b = self._free_stack.item(top - 1)
-            self.ref[b] = 1
-            out.append(b)
-            self._free_top = top - 1
-            used = self.num_blocks - top + 1 - self.num_cached
-            if used > self.stats.peak_used:
-                self.stats.peak_used = used
-            return
         plain = need if need < top else top
-        if plain:
+        if 0 < plain < self._SCALAR:  # a few decoders crossing block boundaries
+            stack, ref = self._free_stack, self.ref
+            for i in range(top - 1, top - 1 - plain, -1):
+                b = stack.item(i)
+                ref[b] = 1
+                out.append(b)
+            self._free_top = top - plain
+        elif plain:
             seg = self._free_stack[top - plain: top][::-1]
             self.ref[seg] = 1
             out.extend(seg.tolist())
@@ -253,16 +251,21 @@ class KVCache:
         (their ``hash_to_block`` entries go stale)."""
         lru, pos = self._lru, self._lru_pos
         head = self._lru_head
-        if n == 1:
-            b = lru.item(head)
-            while pos.item(b) != head:
-                head += 1
+        if n < self._SCALAR:  # a few decoders crossing block boundaries: the common case
+            out = []
+            has, ref = self.has_hash, self.ref
+            for _ in range(n):
                 b = lru.item(head)
-            self._lru_head = head + 1
-            pos[b] = -1
-            self.has_hash[b] = False
-            self.ref[b] = 1
-            return [b]
+                while pos.item(b) != head:  # skip entries left stale by hits
+                    head += 1
+                    b = lru.item(head)
+                head += 1
+                pos[b] = -1
+                has[b] = False
+                ref[b] = 1
+                out.append(b)
+            self._lru_head = head
+            return out
         taken: list[np.ndarray] = []
         while n:
             seg = lru[head: head + n]
@@ -518,4 +521,5 @@ class KVCache:
 def _stamps(req: Request, start: int, stop: int) -> np.ndarray:
     """Stand-in hashes of a private request's blocks ``start..stop-1``: unique per (request,
     block), negative like half of all Python hashes; compared only against its own blocks."""
-    return ~((req.id << 24) + np.arange(start, stop, dtype=np.int64))
+    base = req.id << 24
+    return ~np.arange(base + start, base + stop, dtype=np.int64)

@@ -42,6 +42,9 @@ class Scheduler:
         self.num_preemptions = 0
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
+        self._on_decode_run = type(policy).on_decode_run is not Policy.on_decode_run
+        self._finish_hooks = (type(policy).retain is not Policy.retain
+                              or type(policy).on_finish is not Policy.on_finish)
         self._layered = type(policy).prefill_layers is not Policy.prefill_layers
         self._preempts = type(policy).preempt_for is not Policy.preempt_for
         self._on_admit = type(policy).on_admit is not Policy.on_admit
@@ -448,7 +451,16 @@ class Scheduler:
         req.stop_reason = reason
         req.finish_time = now
         self.running.remove(req)
-        view = self.view(now)
+        view = self.view(now) if self._finish_hooks else None  # most policies ignore it
+        if view is not None:
+            self._retain(req, view, now)
+        self.kv.free(req)
+        self._program_end(req, now)
+        if view is not None:
+            self.policy.on_finish(req, view)
+
+    def _retain(self, req: Request, view: View, now: float) -> None:
+        """The policy may pin the finished request's full blocks (agent turns)."""
         ttl = self.policy.retain(req, view)
         if ttl is not None and ttl > 0:
             n_full = min(req.num_computed // self.kv.block_size, len(req.blocks))
@@ -456,9 +468,6 @@ class Scheduler:
                 if req.program is not None:  # the new pin covers the program's older ones
                     self.kv.release_pins_of(req.program)
                 self.kv.pin(req.blocks[:n_full], now + ttl, owner=req.program, tag="retain")
-        self.kv.free(req)
-        self._program_end(req, now)
-        self.policy.on_finish(req, view)
 
 
 def _chunk(req: Request, remaining: int, budget: int, cap: int) -> int:

@@ -72,8 +72,10 @@ def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
     done, start, chunk = 0, now, 32
     while done < k_cap:
         n = min(chunk, k_cap - done)
-        durations = perf.decode_run(b, ctx0 + done * b, n)
-        ends = np.cumsum(np.concatenate(([start], durations)))[1:]
+        buf = np.empty(n + 1)
+        buf[0] = start
+        buf[1:] = perf.decode_run(b, ctx0 + done * b, n)
+        ends = buf.cumsum(out=buf)[1:]  # end_j = end_{j-1} + d_j, as step by step
         if ends[-1] >= horizon:
             parts.append(ends[: int(ends.searchsorted(horizon, side="left")) + 1])
             break
@@ -166,5 +168,6 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     engine.steps += k
     for r, stop in zip(ended, stops):
         sched._finish(r, end, "stop" if stop else "length")
-    engine.policy.on_decode_run(reqs, k, sched.view(end))
+    if sched._on_decode_run:
+        engine.policy.on_decode_run(reqs, k, sched.view(end))
     return ended

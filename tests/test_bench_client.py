@@ -34,10 +34,25 @@ def test_bench_prints_the_simulate_summary_and_its_twin(tmp_path, capsys):
         assert "Successful requests" in capsys.readouterr().out
         twin = run_json(["bench", "--base-url", srv.base_url, "--json", "--twin",
                          "--out", str(tmp_path / "twin"), *WORKLOAD], capsys)
-    assert set(twin) == {"measured", "simulated", "calibration"}
+        cal_file = tmp_path / "twin" / "twin-calibration.json"
+        held_out = run_json(["bench", "--base-url", srv.base_url, "--json", "--twin",
+                             "--twin-calibration", str(cal_file), *WORKLOAD[:-1], "2"], capsys)
+    assert held_out["calibration"] == json.loads(cal_file.read_text()) == twin["calibration"]
+    assert set(twin) == {"measured", "simulated", "simulated_engine", "calibration"}
     assert twin["simulated"]["completed"] == twin["measured"]["completed"] == 12
     assert twin["simulated"]["policy"] == "vllm"
-    assert twin["calibration"]["steps"] > 0
+    cal = twin["calibration"]
+    assert cal["steps"] > 0 and cal["target"] == "period"
+    fe = cal["frontend"]  # the server logged its requests: 12 + 2 + 12 streamed ones (the
+    assert 12 <= fe["requests"] <= 26  # last lines may land after the client read the log)
+    assert cal["transport"]["probes"] >= 1 and cal["transport"]["rtt_s"] > 0
+    engine, sim = twin["simulated_engine"], twin["simulated"]
+    t_in = (cal["transport"]["rtt_s"] + fe["loop_wait_s"] + fe["in_const_s"]
+            + fe["in_per_token_s"] * 24)
+    assert sim["mean_ttft_ms"] == pytest.approx(
+        engine["mean_ttft_ms"] + 1e3 * (t_in + fe["out_first_s"]))
+    assert sim["mean_e2el_ms"] == pytest.approx(
+        engine["mean_e2el_ms"] + 1e3 * (t_in + fe["out_last_s"]))
     sim = run_json(["simulate", "--json", *WORKLOAD], capsys)
     assert set(bench) == set(sim)
     assert bench["completed"] == 12 and bench["rejected"] == 0
@@ -58,6 +73,12 @@ def test_bench_records_rejections(capsys):
     assert out["rejected"] > 0 and out["completed"] + out["rejected"] == 10
     assert out["rejected_by_reason"] == {"http_429": out["rejected"]}
     assert out["steps"] is not None  # the fake server is a sluice server too
+
+
+def test_twin_calibration_needs_twin(capsys):
+    assert main(["bench", "--base-url", "http://127.0.0.1:9/v1", "--twin-calibration", "x.json",
+                 *WORKLOAD]) == 2
+    assert "--twin-calibration only makes sense with --twin" in capsys.readouterr().err
 
 
 def test_unreachable_server_is_a_clean_error(capsys):

@@ -13,6 +13,7 @@ from sluice.cli import main
     (["--model", "no-such-model"], "unknown model"),
     (["--model", "tiny", "--max-queue", "0"], "--max-queue"),
     (["--model", "tiny", "--num-gpu-blocks", "0"], "--num-gpu-blocks"),
+    (["--model", "tiny", "--threads", "0"], "--threads"),
 ])
 def test_bad_serve_flags_exit_2(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a NAME resolves under ./models: keep it out of the repo

@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="--twin: the server's step log (default: the path the server reports)")
     p.add_argument("--twin-gpu", default=None, metavar="NAME",
                    help="--twin: GPU spec of the server (default cpu for a CPU server)")
+    p.add_argument("--twin-calibration", default=None, metavar="F",
+                   help="--twin: use this calibration file (e.g. fitted on another run) "
+                        "instead of calibrating on the step log")
     add_workload_args(p)
     p.set_defaults(func=cmd_bench)
     return p
@@ -56,16 +59,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    if args.twin_calibration and not args.twin:
+        raise ConfigError("--twin-calibration only makes sense with --twin")
     deployment = None
     if args.twin:
         from sluice.bench.twin import fetch_deployment
 
         deployment = fetch_deployment(args.base_url)  # fail before the run, not after
-    summary, run = bench_summary(args)
+    summary, run, stats = bench_summary(args)
     if args.out:
         _write_out(Path(args.out), run.records, summary)
     if deployment is not None:
-        return _print_twin(args, deployment, summary)
+        return _print_twin(args, deployment, summary, stats.rtts)
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=_json_default))
     else:
@@ -76,25 +81,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_twin(args: argparse.Namespace, deployment: dict, measured: dict) -> int:
+def _print_twin(args: argparse.Namespace, deployment: dict, measured: dict,
+                rtts: list[float]) -> int:
     from sluice.bench.twin import print_side_by_side, run_twin
     from sluice.metrics.summary import parse_goodput
 
-    twin = run_twin(args, deployment, parse_goodput(args.goodput))
+    twin = run_twin(args, deployment, parse_goodput(args.goodput), rtts)
     if args.json:
         print(json.dumps({"measured": measured, **twin}, sort_keys=True,
                          default=_json_default))
     else:
-        fit = twin["calibration"].get("fit", {})
+        from sluice.bench.twin import describe_calibration
+
         print_side_by_side(measured, twin["simulated"],
                            f"sluice bench --twin — {measured['model']}, policy "
-                           f"{deployment['policy']} (calibration MAPE "
-                           f"{fit.get('mape_after_pct', float('nan')):.1f}%)")
+                           f"{deployment['policy']}")
+        print(describe_calibration(twin["calibration"]))
     return 0
 
 
 def bench_summary(args: argparse.Namespace):
-    """Run the benchmark the flags describe; returns (summary dict, BenchRun)."""
+    """Run the benchmark the flags describe; returns (summary dict, BenchRun, ServerStats)."""
     from sluice.bench.client import BenchConfig, BenchClient, fetch_model
     from sluice.bench.prompts import parse_range
     from sluice.bench.server_stats import ServerSampler
@@ -127,7 +134,7 @@ def bench_summary(args: argparse.Namespace):
     summary.update(_workload_notes(workload))
     summary.update({"policy": args.policy_label or stats.policy, "model": model, "gpu": None,
                     "tp": None, "max_model_len": max_len})
-    return summary, run
+    return summary, run, stats
 
 
 def _model_of(base_url: str, api_key: str, fetch) -> tuple[str | None, int | None]:

@@ -4,11 +4,17 @@ Why sample the server: the simulator's summary has engine-side numbers a client 
 (steps, KV blocks in use over time, preemptions). A sluice server exposes them in Prometheus
 format, so the bench polls ``/metrics`` during the run and fills the same keys. For other
 servers these keys stay ``None`` - the summary keeps one shape either way.
+
+Each poll also times a ``GET /health`` round trip from inside the benchmark's own event loop:
+the transport a request and its response cross outside the server (client stack, loopback or
+network, the server's socket handling before the app sees the request), under the same load.
+``sluice bench --twin`` adds its mean to simulated TTFT and E2E.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -49,6 +55,7 @@ class ServerStats:
     policy: str | None = None
     preempt_start: float = 0.0
     preempt_end: float = 0.0
+    rtts: list[float] = field(default_factory=list)  # GET /health round trips (s)
 
     @property
     def preemptions(self) -> int | None:
@@ -71,7 +78,9 @@ class ServerSampler:
 
     def __init__(self, base_url: str) -> None:
         root = base_url.rstrip("/")
-        self.url = (root[:-3] if root.endswith("/v1") else root) + "/metrics"
+        root = root[:-3] if root.endswith("/v1") else root
+        self.url = root + "/metrics"
+        self.health_url = root + "/health"
         self.stats = ServerStats()
         self._task: asyncio.Task | None = None
 
@@ -106,7 +115,17 @@ class ServerSampler:
             await asyncio.sleep(POLL_S)
             await self._sample()
 
+    async def _ping(self) -> None:
+        t = time.perf_counter()
+        try:
+            r = await self._http.get(self.health_url)
+        except httpx.HTTPError:
+            return
+        if r.status_code == 200:
+            self.stats.rtts.append(time.perf_counter() - t)
+
     async def _sample(self) -> None:
+        await self._ping()
         m = await self._read(self._http)
         if m is not None:
             self.stats.kv_used.append(m.get("sluice_kv_blocks_used", 0.0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -26,6 +27,7 @@ from sluice.server.intake import ModelInfo
 from sluice.server.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
                                     error_body, validation_message)
 from sluice.server.runtime import Draining, EngineRuntime, QueueFull
+from sluice.server.servelog import LoopProbe
 from sluice.server.stream import RequestStream, TokenEvent
 from sluice.server.textstream import TextStream
 
@@ -42,12 +44,16 @@ def create_app(runtime: EngineRuntime, info: ModelInfo, drain_timeout: float = 3
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
+        probe = LoopProbe(asyncio.get_running_loop(), runtime.now, runtime.servelog)
+        probe.start()
         try:
             yield
         finally:
+            probe.stop()
             await asyncio.to_thread(runtime.shutdown, True, drain_timeout)
 
     app = FastAPI(title="sluice", lifespan=lifespan)
+    app.add_middleware(_StampReceived, clock=runtime.now)
     app.state.runtime = runtime
     app.state.info = info
     _install_error_handlers(app)
@@ -104,7 +110,7 @@ async def _serve(runtime: EngineRuntime, info: ModelInfo, http: HTTPRequest, bod
     sampling = intake.sampling_of(info, body, want_logprobs)
     req = intake.build_request(runtime.next_id(), arrival, body, prompt, max_tokens, sampling)
     try:
-        stream = runtime.submit(req)
+        stream = runtime.submit(req, http.scope.get(RECEIVED_KEY))
     except QueueFull as exc:
         raise APIError(429, str(exc), type_="rate_limit_error", code="queue_full",
                        headers={"Retry-After": str(exc.retry_after)}) from None
@@ -151,6 +157,8 @@ async def _collect(runtime: EngineRuntime, info: ModelInfo, http: HTTPRequest,
         if not stream.finished:
             runtime.abort(stream)
             task.cancel()
+        _stamp_sent(runtime, stream, last=True)  # the body is built next; near enough
+        runtime.write_request_log(stream, streamed=False)
     _raise_for_end(out.end.reason, out.end.detail)
     lp = None
     if want_logprobs:
@@ -200,6 +208,8 @@ async def _sse(runtime: EngineRuntime, info: ModelInfo, stream: RequestStream,
             offset += len(piece)
             if piece or lp:
                 yield _sse_line(_delta(rid, name, chat, piece, None, lp))
+                if piece:
+                    _stamp_sent(runtime, stream, last=False)
         end = stream.end
         if end.reason in ("rejected", "error"):
             yield _sse_line(error_body(f"request ended: {end.reason} ({end.detail})",
@@ -210,9 +220,41 @@ async def _sse(runtime: EngineRuntime, info: ModelInfo, stream: RequestStream,
                 obj = "chat.completion.chunk" if chat else "text_completion"
                 yield _sse_line(responses.usage_chunk(rid, name, obj, end))
         yield "data: [DONE]\n\n"
+        _stamp_sent(runtime, stream, last=True)
     finally:
         if not stream.finished:
             runtime.abort(stream)
+        runtime.write_request_log(stream, streamed=True)
+
+
+def _stamp_sent(runtime: EngineRuntime, stream: RequestStream, last: bool) -> None:
+    """Request log: the first content chunk / the end of the response left the handler (the
+    code after a ``yield`` runs once the transport took the chunk)."""
+    t = stream.times
+    if t is None:
+        return
+    now = runtime.now()
+    if math.isnan(t.first_sent):
+        t.first_sent = now
+    if last:
+        t.last_sent = now
+
+
+RECEIVED_KEY = "sluice.received"
+
+
+class _StampReceived:
+    """ASGI middleware: the engine-clock time a request reached the app, before its body is
+    read and validated, kept in the ASGI scope for the request log."""
+
+    def __init__(self, app: Any, clock: Callable[[], float]) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[RECEIVED_KEY] = self.clock()
+        await self.app(scope, receive, send)
 
 
 def _delta(rid: str, name: str, chat: bool, piece: str, finish: str | None,

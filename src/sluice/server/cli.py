@@ -45,7 +45,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds to let in-flight requests finish")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of unseeded requests")
     p.add_argument("--step-log", default=None, metavar="F",
-                   help="append one JSON line per engine step (for `sluice perf calibrate`)")
+                   help="append one JSON line per engine step and per request (for `sluice "
+                        "perf calibrate` and `sluice bench --twin`)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads of the engine (default: torch's choice)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
     return p
@@ -65,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
         num_host_blocks=args.num_host_blocks, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         preemption_mode=args.preemption_mode, enable_prefix_caching=args.prefix_caching,
-        seed=args.seed, step_log=args.step_log)
+        seed=args.seed, step_log=args.step_log, threads=args.threads)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

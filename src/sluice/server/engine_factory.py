@@ -46,6 +46,7 @@ class ServeConfig:
     enable_chunked_prefill: bool | None = None
     seed: int = 0
     step_log: str | None = None
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Deployment:
                 "policy": self.policy, "policy_options": dict(cfg.policy_options),
                 "scheduler": asdict(sched.cfg), "num_gpu_blocks": self.engine.kv.num_blocks,
                 "num_host_blocks": self.engine.kv.num_host_blocks, "device": cfg.device,
-                "dtype": cfg.dtype,
+                "dtype": cfg.dtype, "threads": cfg.threads,
                 "step_log": str(Path(cfg.step_log).resolve()) if cfg.step_log else None}
 
 
@@ -110,6 +111,8 @@ def build_deployment(cfg: ServeConfig) -> Deployment:
     """Load the model and build the engine; bad names and numbers raise ConfigError."""
     if cfg.num_gpu_blocks < 1:
         raise ConfigError(f"--num-gpu-blocks must be >= 1, got {cfg.num_gpu_blocks}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
     policy = make_policy(cfg.policy, **cfg.policy_options)
     try:
         from sluice.executors.torch.executor import TorchExecutor
@@ -117,6 +120,10 @@ def build_deployment(cfg: ServeConfig) -> Deployment:
         raise ConfigError(f"the real engine is not installed ({exc}); "
                           "pip install 'sluice[engine,serve]'") from None
     model_dir = resolve_model_dir(cfg.model)
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
 
     preempt = cfg.preemption_mode or dict(policy.scheduler_defaults).get("preemption_mode")
     host_blocks = cfg.num_host_blocks
@@ -124,7 +131,7 @@ def build_deployment(cfg: ServeConfig) -> Deployment:
         host_blocks = cfg.num_gpu_blocks if preempt == "swap" else 0
     executor = TorchExecutor(model_dir, device=cfg.device, dtype=cfg.dtype,
                              num_gpu_blocks=cfg.num_gpu_blocks, block_size=cfg.block_size,
-                             num_host_blocks=host_blocks, seed=cfg.seed, step_log=cfg.step_log)
+                             num_host_blocks=host_blocks, seed=cfg.seed)
     max_len = min(cfg.max_model_len or executor.max_model_len, executor.max_model_len)
     sc = scheduler_config(cfg, policy.scheduler_defaults, max_len)
     kv = KVCache(cfg.num_gpu_blocks, cfg.block_size,
@@ -154,8 +161,11 @@ def build_app(dep: Deployment, max_queue: int = 1024, drain_timeout: float = 30.
     from sluice.server.intake import ModelInfo
     from sluice.server.metrics import ServerMetrics
     from sluice.server.runtime import EngineRuntime
+    from sluice.server.servelog import ServeLog
 
-    runtime = EngineRuntime(dep.engine, ServerMetrics(dep.name, dep.policy), max_queue=max_queue)
+    servelog = ServeLog(dep.config.step_log if dep.config else None)
+    runtime = EngineRuntime(dep.engine, ServerMetrics(dep.name, dep.policy), max_queue=max_queue,
+                            servelog=servelog)
     info = ModelInfo(dep.name, dep.tokenizer, dep.max_model_len, make_sampling)
     app = create_app(runtime, info, drain_timeout=drain_timeout, describe=dep.describe)
     return app, runtime

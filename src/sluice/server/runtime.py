@@ -28,6 +28,7 @@ from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
 from sluice.core.request import Request, RequestState
 from sluice.server.metrics import EngineSnapshot, ServerMetrics
+from sluice.server.servelog import RequestTimes, ServeLog
 from sluice.server.stream import EndEvent, RequestStream, TokenEvent
 
 log = logging.getLogger("sluice.server")
@@ -52,10 +53,13 @@ class EngineRuntime:
     """Owns the engine and the thread that drives it."""
 
     def __init__(self, engine: Engine, metrics: ServerMetrics, max_queue: int = 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 servelog: ServeLog | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_queue = max_queue
+        self.servelog = servelog or ServeLog(None)  # step and request lines (--step-log)
+        self._waited = 0.0  # seconds the loop waited for work since the last step started
         self._clock = clock
         self._t0 = clock()
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -71,6 +75,8 @@ class EngineRuntime:
         self._ended = 0
         self._failures = 0  # consecutive failed steps
         self.snapshot = EngineSnapshot(kv_total=engine.kv.num_blocks)
+        if clock is time.monotonic:  # lets a tool on this host line up its own stamps
+            self.servelog.meta(server_log="sluice", clock="monotonic", clock_origin=self._t0)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +103,7 @@ class EngineRuntime:
         close = getattr(self.engine.executor, "close", None)
         if callable(close):
             close()
+        self.servelog.close(self.now())
         return drained
 
     @property
@@ -114,8 +121,9 @@ class EngineRuntime:
         return next(self._ids)
 
     # -- intake (called from the event loop) ----------------------------------------------
-    def submit(self, req: Request) -> RequestStream:
-        """Queue ``req``; its events arrive on the returned stream."""
+    def submit(self, req: Request, received: float | None = None) -> RequestStream:
+        """Queue ``req``; its events arrive on the returned stream. ``received``: when the app
+        saw the request (engine clock), for the request log."""
         if self._draining or self._stop:
             raise Draining()
         snap = self.snapshot
@@ -126,6 +134,8 @@ class EngineRuntime:
                 raise QueueFull(self._retry_after(queued))
             self._pending += 1
         stream = RequestStream(req, asyncio.get_running_loop())
+        stream.times = RequestTimes(req.id, req.arrival if received is None else received)
+        stream.times.submitted = self.now()
         self._send(("add", stream))
         interrupt = getattr(self.engine.executor, "interrupt", None)
         if interrupt is not None:
@@ -162,17 +172,41 @@ class EngineRuntime:
             if self._apply_commands():
                 self._publish_snapshot()  # queue limits see new arrivals before the step
             if not self.engine.has_work:
+                self._close_step()
                 self._publish_snapshot()
                 if not self._pending:
                     self._idle.set()
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
+                self._wait(IDLE_WAIT_S)
                 continue
             self._step()
         self._apply_commands()  # adds that raced the stop end below, not in limbo
         self._abort_all("shutdown")
 
+    def _wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout``; the time is not part of any step's period."""
+        t = self._clock()
+        self._wake.wait(timeout)
+        self._wake.clear()
+        self._waited += self._clock() - t
+
+    def _close_step(self) -> None:
+        """The previous step's loop iteration is over: log its period."""
+        self.servelog.close_step(self.now(), self._waited)
+        self._waited = 0.0
+
+    def write_request_log(self, stream: RequestStream, streamed: bool) -> None:
+        """Log a request's timeline once its handler is done (event loop thread)."""
+        if not self.servelog.enabled or stream.times is None:
+            return
+        req, t = stream.req, stream.times
+        t.first_token, t.last_token = req.first_token, req.last_token
+        t.finished = req.finish_time
+        end = stream.end
+        self.servelog.request(t, req.prompt_len, req.num_output,
+                              end.reason if end is not None else "abort", streamed)
+
     def _step(self) -> None:
+        self._close_step()
         now = self.now()
         try:
             out = self.engine.step(now)
@@ -182,12 +216,12 @@ class EngineRuntime:
             return
         self._failures = 0
         if out is None:
-            self._wake.wait(BLOCKED_WAIT_S)
-            self._wake.clear()
+            self._wait(BLOCKED_WAIT_S)
             return
         plan, result, ended = out
         self.metrics.observe_step(result.duration)
-        self._emit(plan, result)
+        self.servelog.step(now, plan, result)
+        self._emit(plan, result, now)
         for req in ended:
             self._end(req)
         self._publish_snapshot()
@@ -213,6 +247,8 @@ class EngineRuntime:
             with self._pending_lock:
                 self._pending -= 1
             self._streams[stream.req.id] = stream
+            if stream.times is not None:
+                stream.times.enqueued = self.now()
             self._guarded(stream.req, lambda r: self.engine.add_request(r, self.now()))
         elif kind == "abort":
             req = cmd[1].req
@@ -242,8 +278,9 @@ class EngineRuntime:
         if not queued:
             self._end(req)
 
-    def _emit(self, plan: StepPlan, result: StepResult) -> None:
-        """Hand each request the tokens the scheduler accepted in this step."""
+    def _emit(self, plan: StepPlan, result: StepResult, step_start: float) -> None:
+        """Hand each request the tokens the scheduler accepted in the step begun at
+        ``step_start``."""
         for req in [c.req for c in plan.chunks] + plan.decodes:
             stream = self._streams.get(req.id)
             if stream is None or req.num_output <= stream.emitted:
@@ -253,8 +290,12 @@ class EngineRuntime:
             lps = result.logprobs.get(req.id) if result.logprobs else None
             if stream.emitted == 0:
                 self.metrics.observe_first_token(req.first_token - req.arrival)
+                if stream.times is not None:
+                    stream.times.first_step = step_start
             else:
                 self.metrics.observe_itl(req.last_token - stream.last_token_time)
+            if stream.times is not None:
+                stream.times.last_step = step_start
             stream.last_token_time = req.last_token
             stream.emitted = req.num_output
             stream.put(TokenEvent(ids, list(lps) if lps else None))
@@ -307,7 +348,7 @@ class EngineRuntime:
         self.snapshot = EngineSnapshot(
             waiting=len(sched.waiting), running=len(sched.running),
             swapped=sum(1 for r in sched.waiting if r.state == RequestState.SWAPPED),
-            kv_used=kv.num_used, kv_total=kv.num_blocks, kv_cached=len(kv.cached),
+            kv_used=kv.num_used, kv_total=kv.num_blocks, kv_cached=kv.num_cached,
             preemptions=sched.num_preemptions, steps=self.engine.steps, pending=self._pending)
 
 

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from sluice.core.request import Request
+from sluice.server.servelog import RequestTimes
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class RequestStream:
     ended: bool = False  # an EndEvent was queued (engine thread only)
     last_token_time: float = 0.0  # engine clock of the last token handed over (for ITL)
     end: EndEvent | None = None  # set by the consumer when it reads the EndEvent
+    times: RequestTimes | None = None  # the request log's timeline (see servelog.py)
 
     def put(self, event: Event) -> None:
         """Engine thread -> event loop; a loop that is gone (client left) drops the event."""

@@ -124,7 +124,7 @@ def _block_allocations(reqs: list[Request], kv, k_cap: int
     free = kv.num_free
     if len(events) > free:
         k_cap = min(k_cap, events[free][0] - 1)  # the step that would have to preempt
-        events = events[:free]
+        events = [e for e in events[:free] if e[0] <= k_cap]  # none of that step's
     return events, k_cap
 
 

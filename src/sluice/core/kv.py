@@ -92,6 +92,7 @@ class KVCache:
         self._lru_pos = np.full(num_blocks, -1, dtype=np.int64)
         self._lru_head = 0
         self._lru_tail = 0
+        self._lru_stale = 0  # entries in [head, tail) left stale by hits
         self.num_cached = 0
         self.hash_to_block: dict[int, int] = {}
         self.hashed_count: dict[int, int] = {}  # request id -> blocks already hashed
@@ -193,6 +194,7 @@ class KVCache:
         idle = arr[ref[arr] == 0]
         if len(idle):
             self._lru_pos[idle] = -1
+            self._lru_stale += len(idle)
             self.num_cached -= len(idle)
         ref[arr] += 1
 
@@ -258,6 +260,7 @@ class KVCache:
                 b = lru.item(head)
                 while pos.item(b) != head:  # skip entries left stale by hits
                     head += 1
+                    self._lru_stale -= 1
                     b = lru.item(head)
                 head += 1
                 pos[b] = -1
@@ -266,20 +269,30 @@ class KVCache:
                 out.append(b)
             self._lru_head = head
             return out
+        if not self._lru_stale:  # no hit since the last sweep: the head is all live
+            blocks = lru[head: head + n].copy()
+            self._lru_head = head + n
+        else:
+            blocks = self._evict_skipping_stale(n)
+        pos[blocks] = -1
+        self.has_hash[blocks] = False
+        self.ref[blocks] = 1
+        return blocks.tolist()
+
+    def _evict_skipping_stale(self, n: int) -> np.ndarray:
+        lru, pos = self._lru, self._lru_pos
+        head = self._lru_head
         taken: list[np.ndarray] = []
         while n:
             seg = lru[head: head + n]
             live = seg[pos[seg] == np.arange(head, head + len(seg))]
             head += len(seg)
+            self._lru_stale -= len(seg) - len(live)
             if len(live):
                 taken.append(live)
                 n -= len(live)
         self._lru_head = head
-        blocks = taken[0] if len(taken) == 1 else np.concatenate(taken)
-        pos[blocks] = -1
-        self.has_hash[blocks] = False
-        self.ref[blocks] = 1
-        return blocks.tolist()
+        return taken[0] if len(taken) == 1 else np.concatenate(taken)
 
     def commit(self, req: Request) -> None:
         """Register the hashes of ``req``'s newly full computed blocks in the prefix cache."""
@@ -383,6 +396,7 @@ class KVCache:
         self._lru[: len(live)] = live
         self._lru_pos[live] = np.arange(len(live))
         self._lru_head, self._lru_tail = 0, len(live)
+        self._lru_stale = 0
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, blocks: list[int], expiry: float, owner: int | None = None,
@@ -503,6 +517,8 @@ class KVCache:
         if len(cached_set) != len(cached_list) or len(cached_list) != self.num_cached:
             raise AssertionError(f"LRU holds {len(cached_list)} live entries "
                                  f"({len(cached_set)} distinct), count says {self.num_cached}")
+        if self._lru_tail - self._lru_head - self.num_cached != self._lru_stale:
+            raise AssertionError(f"LRU stale count {self._lru_stale} is wrong")
         has = self.has_hash.tolist()
         for b in range(self.num_blocks):
             states = (ref[b] > 0) + (b in free_set) + (b in cached_set)

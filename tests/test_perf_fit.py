@@ -44,21 +44,21 @@ def test_vectorised_gemm_and_moe_match_runtime(pm) -> None:
 
 
 def test_vectorised_attention_matches_runtime(pm) -> None:
-    from sluice.perf.roofline import _interp_log2
-
     a, L = pm.arch, pm.num_layers
     heads, kvh = a.num_heads // 2, a.num_kv_heads // 2
     for ps, n, ctx, ds, dctx in [(1, 512, 0, 0, 0), (2, 100, 300, 0, 0), (0, 0, 0, 64, 900),
-                                 (1, 256, 1024, 32, 2000)]:
+                                 (1, 256, 1024, 32, 2000), (1, 16, 8192, 1, 16384),
+                                 (1, 2048, 0, 128, 16), (1, 40, 0, 3, 100)]:
         t = _table(p_seqs=[ps], p_new=[n], p_ctx=[ctx], d_seqs=[ds], d_ctx=[dctx], heads=[heads],
                    kv_heads=[kvh], head_dim=[a.head_dim])
         s = BatchStats(prefill_tokens=ps * n, prefill_seqs=ps,
                        prefill_attn=ps * (n * ctx + n * (n + 1) / 2), prefill_ctx=ps * ctx,
                        decode_seqs=ds, decode_ctx=ds * dctx)
         runtime = pm.prefill_attn_time(s) if ps else 0.0
-        if ds:
-            mult = _interp_log2(ds, pm.c.mix_dec_factor) if ps else 1.0
-            runtime += pm.decode_fixed(ds) + pm._dec_slope * mult * s.decode_ctx
+        if ds and ps:  # one varlen kernel: decode rows priced as blocks per query head
+            runtime += pm.mixed_decode_time(s)
+        elif ds:
+            runtime += pm.decode_fixed(ds) + pm._dec_slope * s.decode_ctx
         assert vec_attn(pm.gpu, pm.c, t)[0] * L == pytest.approx(runtime, rel=1e-9)
 
 

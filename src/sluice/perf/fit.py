@@ -31,7 +31,7 @@ import numpy as np
 
 from sluice.perf.fitted import coeffs_path, coeffs_to_dict
 from sluice.perf.hardware import GPUS, GPUSpec
-from sluice.perf.roofline import _LOG2_KNOTS, Coeffs, ar_index
+from sluice.perf.roofline import _LOG2_KNOTS, ATTN_TILE, Coeffs, ar_index
 
 MEASURED = coeffs_path().parent / "measured"
 TABLES = {
@@ -283,17 +283,30 @@ def vec_moe(g: GPUSpec, c: Coeffs, tokens, hidden, inter, topk, experts, touched
 
 
 def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarray]:
-    """Per-layer attention work of each row: query-key pairs, KV bytes read, sequences."""
+    """Per-layer attention work of each row: query-key pairs, KV bytes read, sequences, and
+    the thread-block counts of the flash-attention grid (see ``StepCostModel``)."""
     p_seqs, n, ctx = t["p_seqs"], t["p_new"], t["p_ctx"]
     pairs = p_seqs * (n * ctx + n * (n + 1) / 2)
     kv_tok = 2.0 * t["kv_heads"] * t["head_dim"] * kv_bytes
-    return {"pflop": 4.0 * pairs * t["heads"] * t["head_dim"] / g.flops_bf16,
+    head_bytes = 2.0 * t["head_dim"] * kv_bytes
+    nd, heads = t["d_seqs"], t["heads"]
+    ctas = nd * heads
+    m_blocks = np.ceil(n / ATTN_TILE)
+    group = heads / t["kv_heads"]
+    reuse = np.clip(g.sms / np.maximum(m_blocks * (nd + p_seqs), 1.0), 1.0, group)
+    ctx_d = t["d_ctx"]
+    return {"pflop": 4.0 * pairs * heads * t["head_dim"] / g.flops_bf16,
+            "pcrit": (p_seqs > 0) * (n + ctx) * 4.0 * t["head_dim"] * ATTN_TILE * g.sms / g.flops_bf16,
             "log_pwork": np.log2(np.maximum(n / 4.0, 1.0)),
-            "log_dseq": np.log2(np.maximum(t["d_seqs"], 1.0)),
-            "mixed": ((p_seqs > 0) & (t["d_seqs"] > 0)) * 1.0,
+            "log_dseq": np.log2(np.maximum(nd, 1.0)),
+            "mixed": ((p_seqs > 0) & (nd > 0)) * 1.0,
             "pctx": p_seqs * ctx * kv_tok / g.mem_bw, "pseq": p_seqs, "any_p": (p_seqs > 0) * 1.0,
-            "dbytes": t["d_seqs"] * t["d_ctx"] * kv_tok / g.mem_bw, "dseq": t["d_seqs"],
-            "any_d": (t["d_seqs"] > 0) * 1.0}
+            "dbytes": nd * ctx_d * kv_tok / g.mem_bw, "dseq": nd * t["kv_heads"] / g.sms,
+            "any_d": (nd > 0) * 1.0, "nd": nd,
+            "m_waves": np.maximum(ctas / g.sms, 1.0),
+            "m_stream": ctx_d * head_bytes * g.sms / g.mem_bw,
+            "m_dram": nd * ctx_d * heads * head_bytes / (reuse * g.mem_bw),
+            "m_empty": np.maximum(m_blocks - 1.0, 0.0) * ctas / g.sms}
 
 
 def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -301,12 +314,17 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     if f is None:
         f = attn_features(g, t)
     knots = np.asarray(_LOG2_KNOTS)
-    pre = f["pflop"] / np.interp(f["log_pwork"], knots, np.asarray(c.pattn_eff)) \
+    eff = np.interp(f["log_pwork"], knots, np.asarray(c.pattn_eff))
+    pre = np.maximum(f["pflop"] / eff, f["pcrit"] / c.pattn_crit_eff) \
         + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
-    mult = 1.0 + (np.interp(f["log_dseq"], knots, np.asarray(c.mix_dec_factor)) - 1.0) * f["mixed"]
-    dec = f["dbytes"] / c.dattn_mem_eff * mult + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"] \
-        + c.mix_dseq * f["dseq"] * f["mixed"]
-    return pre + dec
+    mix = f["mixed"]
+    dec = (f["dbytes"] / c.dattn_mem_eff + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"]) \
+        * (1.0 - mix)
+    mult = np.interp(f["log_dseq"], knots, np.asarray(c.mix_dec_factor))
+    stream = f["m_waves"] * (c.mix_cta + f["m_stream"] / c.mix_sm_eff)
+    mdec = np.maximum(stream, f["m_dram"] / c.mix_bw_eff) * mult + f["m_empty"] * c.mix_empty \
+        + c.mix_dseq * f["nd"]
+    return pre + dec + mdec * mix
 
 
 def vec_allreduce(g: GPUSpec, c: Coeffs, n_gpus, nbytes) -> np.ndarray:
@@ -438,6 +456,7 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
         for _ in range(3):
             c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
             c = _search(c, "pattn_seq", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-4, 40)]), loss)
+            c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
             for i in range(len(_LOG2_KNOTS)):
                 c = _search(c, "pattn_eff", i, grid, loss)
             c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
@@ -447,23 +466,21 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
 
 
 def _fit_mixed(c: Coeffs, tm: Table, g: GPUSpec) -> Coeffs:
-    """Per decode-batch-size multiplier on the decode KV read when prefill shares the
-    kernel, by coordinate search on the mixed rows' log error."""
+    """The decode rows of a mixed batch (``StepCostModel.mixed_decode_time``): per-wave cost,
+    per-SM streaming rate, DRAM efficiency and empty-block cost, by coordinate search on the
+    mixed rows' log error (the prefill part is already fitted on pure-prefill rows)."""
     fm = attn_features(g, tm)
 
     def loss(cc: Coeffs) -> float:
         return _loss(vec_attn(g, cc, tm, fm), tm["time_s"])
 
-    grid = np.geomspace(1.0, 20.0, 45)
-    c = _search_level(c, "mix_dec_factor", grid, loss)
-    for _ in range(2):
-        for i in range(len(_LOG2_KNOTS)):
-            c = _search(c, "mix_dec_factor", i, grid, loss)
-        tab = list(c.mix_dec_factor)
-        for i in range(len(tab) - 2, -1, -1):  # non-decreasing in decode seqs: a joining
-            tab[i] = min(tab[i], tab[i + 1])  # decode (of any length) never makes a step cheaper
-        c = _replace(c, mix_dec_factor=tuple(tab))
-    return _replace(c, mix_dseq=0.0)
+    c = _replace(c, mix_dec_factor=(1.0,) * len(_LOG2_KNOTS), mix_dseq=0.0)
+    for _ in range(3):
+        c = _search(c, "mix_sm_eff", None, np.geomspace(0.01, 10.0, 70), loss)
+        c = _search(c, "mix_bw_eff", None, np.geomspace(0.1, 8.0, 60), loss)
+        c = _search(c, "mix_cta", None, np.concatenate([[0.0], np.geomspace(1e-7, 3e-5, 40)]), loss)
+        c = _search(c, "mix_empty", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-5, 40)]), loss)
+    return c
 
 
 def _fit_allreduce(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
@@ -522,11 +539,12 @@ def measured_gpus(tables: dict[str, Table]) -> list[str]:
 
 _GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch"),
            "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
-           "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "dattn_mem_eff", "dattn_seq",
-                    "dattn_launch"),
+           "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "pattn_crit_eff", "dattn_mem_eff",
+                    "dattn_seq", "dattn_launch"),
            # the mixed-batch penalty is a property of vLLM's varlen kernel, not of one chip:
            # GPUs without mixed-batch measurements take it from those with them
-           "mixed": ("mix_dec_factor", "mix_dseq"),
+           "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor",
+                     "mix_dseq"),
            "allreduce": ("ar_latency", "ar_eff"),
            "elementwise": ("elementwise_eff", "elementwise_launch")}
 

@@ -25,6 +25,11 @@ Sources (checked 2026):
 * RTX PRO 6000 Blackwell: NVIDIA RTX PRO 6000 Blackwell datasheet / Blackwell RTX whitepaper
   (~504 TFLOPS BF16 dense, ~1,008 FP8 dense, 96 GB GDDR7 at 1,792 GB/s, PCIe Gen5 x16).
 * Host<->device copies: PCIe Gen4 x16 ~25 GB/s, Gen5 x16 ~50 GB/s achieved (pinned memory).
+* Streaming multiprocessors (``sms``, used to count waves of attention thread blocks): A100
+  108, H100 SXM5 132 / PCIe 114 (NVIDIA A100 and H100 architecture whitepapers), H200 132,
+  B200 148 (2 x 74), L40S 142 (L40S datasheet: 18,176 CUDA cores / 128), A40 84 (GA102, 10,752
+  CUDA cores / 128), RTX 4090 128 (Ada whitepaper), RTX PRO 6000 Blackwell 188 (24,064 CUDA
+  cores / 128).
 * cpu: a rough figure for the torch engine on a small shared x86 host (a few AVX2 cores).
 """
 
@@ -50,6 +55,7 @@ class GPUSpec:
     host_bw: float  # GPU<->host copy bandwidth (swap)
     nvlink: bool
     arch: str  # "ampere", "ada", "hopper", "blackwell", "cpu"
+    sms: int = 1  # streaming multiprocessors (thread blocks run in waves of ``sms``)
 
 
 def _gib(x: float) -> int:
@@ -57,18 +63,18 @@ def _gib(x: float) -> int:
 
 
 GPUS: dict[str, GPUSpec] = {
-    "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere"),
-    "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere"),
-    "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper"),
-    "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper"),
-    "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper"),
-    "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell"),
-    "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada"),
-    "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere"),
-    "rtx-4090": GPUSpec("rtx-4090", 165.2e12, 330.3e12, 1.008e12, 25_250_627_584, 25e9, 25e9, False, "ada"),
+    "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere", 108),
+    "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere", 108),
+    "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper", 132),
+    "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper", 114),
+    "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper", 132),
+    "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell", 148),
+    "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada", 142),
+    "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere", 84),
+    "rtx-4090": GPUSpec("rtx-4090", 165.2e12, 330.3e12, 1.008e12, 25_250_627_584, 25e9, 25e9, False, "ada", 128),
     "rtx-pro-6000": GPUSpec("rtx-pro-6000", 503.8e12, 1007.6e12, 1.792e12, _gib(94.97), 50e9, 50e9, False,
-                            "blackwell"),
-    "cpu": GPUSpec("cpu", 0.2e12, 0.0, 20e9, _gib(16), 10e9, 10e9, False, "cpu"),
+                            "blackwell", 188),
+    "cpu": GPUSpec("cpu", 0.2e12, 0.0, 20e9, _gib(16), 10e9, 10e9, False, "cpu", 8),
 }
 
 ALIASES: dict[str, str] = {

@@ -15,9 +15,10 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
 * MoE: routed-expert FLOPs for ``T*top_k`` token-expert pairs and the weights of the experts
   touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
 * attention: prefill FLOPs from query-key pairs (``prefill_attn``) at an efficiency indexed by
-  the mean chunk length, plus KV read of the cached context; decode reads ``decode_ctx`` tokens
-  of KV, plus per-layer and per-sequence costs; in a mixed prefill+decode step the decode read
-  costs ``mix_dec_factor(decode_seqs)`` times more (one varlen kernel, no split-KV);
+  the mean chunk length, at least the critical path of the last 128-row block, plus KV read of
+  the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer and per
+  thread-block-wave costs; in a mixed prefill+decode step the decode rows run one block per
+  query head without split-KV (``mixed_decode_time``);
 * norms / rotary / activation as bytes moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
 * per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
@@ -35,6 +36,7 @@ from sluice.perf.hardware import GPUSpec
 from sluice.perf.models import ModelArch
 
 _LOG2_KNOTS: tuple[float, ...] = tuple(float(i) for i in range(0, 16))  # M = 1 .. 32768
+ATTN_TILE = 128  # query rows per flash-attention thread block (FA2/FA3, head_dim 128)
 
 
 @dataclass(slots=True)
@@ -49,13 +51,21 @@ class Coeffs:
     moe_launch: float = 0.0  # per MoE layer
     pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # FLOP eff at mean chunk = 4*2**knot
     pattn_seq: float = 0.0  # per prefill chunk per layer
+    pattn_crit_eff: float = 1.0  # one SM's FLOP efficiency on the last 128-row block (critical path)
     pattn_launch: float = 0.0  # per layer when any prefill
     dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
-    dattn_seq: float = 0.0  # per decode sequence per layer
+    dattn_seq: float = 0.0  # per wave of decode thread blocks (seqs x kv heads / sms) per layer
     dattn_launch: float = 0.0  # per layer when any decode
-    # decode KV-read cost multiplier inside a mixed prefill+decode batch, at decode_seqs = 2**knot
-    # (vLLM runs one varlen kernel without split-KV there, so a few long decodes give too few
-    # thread blocks to fill the GPU)
+    # Decode rows inside a mixed prefill+decode batch (vLLM: one varlen flash-attention call;
+    # query length > 1 turns off split-KV and the GQA packing, so each decode row is one thread
+    # block per *query* head streaming its whole context; see ``mixed_decode_time``):
+    mix_cta: float = 0.0  # fixed cost of one wave of decode thread blocks
+    mix_sm_eff: float = 1.0  # per-SM KV streaming rate as a multiple of mem_bw / sms (one SM can
+    # draw more than its even share of DRAM bandwidth)
+    mix_bw_eff: float = 1.0  # DRAM efficiency of the per-query-head KV reads
+    mix_empty: float = 0.0  # per empty thread block per SM (grid = m-blocks x seqs x heads)
+    # residual multiplier on the decode part at decode_seqs = 2**knot (1 = none; kept for
+    # calibration files of the earlier model, where it was the whole mixed-batch penalty)
     mix_dec_factor: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
     mix_dseq: float = 0.0  # extra per decode sequence per layer inside a mixed batch
     ar_latency: tuple[float, ...] = (0.0, 0.0, 0.0)  # per all-reduce call, for 2 / 4 / 8 GPUs
@@ -116,6 +126,12 @@ class StepCostModel:
         self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
         self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
         self._pattn_flop = L * 4.0 * arch.q_dim / tp / self._attn_peak
+        # flash-attention thread blocks: 128 query rows of one head; the last block of a chunk
+        # attends to the whole context (its FLOPs on one SM are the critical path)
+        self._heads_gpu = max(arch.num_heads // tp, 1)
+        self._pattn_crit = L * 4.0 * arch.head_dim * ATTN_TILE * gpu.sms / self._attn_peak
+        self._dec_waves = self._kv_heads_gpu / gpu.sms  # decode thread-block waves per sequence
+        self._head_bytes = 2.0 * arch.head_dim * arch.kv_bytes  # K+V of one token, one head
 
     # ---- static parts -------------------------------------------------------------------
     def _gemm_shapes(self) -> _Shapes:
@@ -209,19 +225,46 @@ class StepCostModel:
         return t
 
     def prefill_attn_time(self, s: BatchStats) -> float:
+        """FLOPs at an efficiency indexed by the mean chunk, but never less than the critical
+        path: the last 128-row block of a chunk attends to all its keys on one SM, so a grid
+        of fewer blocks than SMs (few heads, short batch) cannot go faster than that block."""
         c = self.c
-        eff = _interp_log2(s.prefill_tokens / s.prefill_seqs / 4.0, c.pattn_eff)
+        chunk = s.prefill_tokens / s.prefill_seqs
+        eff = _interp_log2(chunk / 4.0, c.pattn_eff)
         flops_t = s.prefill_attn * self._pattn_flop / eff
+        crit = (chunk + s.prefill_ctx / s.prefill_seqs) * self._pattn_crit / c.pattn_crit_eff
         ctx_t = s.prefill_ctx * self._pctx_slope
         per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs)
-        return flops_t + ctx_t + per
+        return (flops_t if flops_t > crit else crit) + ctx_t + per
 
     def decode_fixed(self, seqs: int) -> float:
         """Decode-attention cost independent of context length."""
         if seqs <= 0:
             return 0.0
         c = self.c
-        return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs) * c.scale
+        return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs * self._dec_waves) * c.scale
+
+    def mixed_decode_time(self, s: BatchStats) -> float:
+        """Decode rows of a mixed batch, per step (all layers). One thread block per decode
+        sequence and query head streams that sequence's KV: waves of ``sms`` blocks at a
+        per-SM rate, or the DRAM traffic of the per-head reads (query heads of one KV group
+        share reads through L2 only while their blocks run together), whichever is longer;
+        plus the empty blocks the grid holds (``ceil(max query len / 128)`` per sequence)."""
+        c, g = self.c, self.gpu
+        nd = s.decode_seqs
+        ctas = nd * self._heads_gpu
+        waves = ctas / g.sms if ctas > g.sms else 1.0
+        ctx = s.decode_ctx / nd
+        stream = waves * (c.mix_cta + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff))
+        m_blocks = math.ceil(s.prefill_tokens / s.prefill_seqs / ATTN_TILE)
+        group = self._heads_gpu / self._kv_heads_gpu
+        reuse = g.sms / (m_blocks * (nd + s.prefill_seqs))
+        reuse = group if reuse > group else (reuse if reuse > 1.0 else 1.0)
+        dram = s.decode_ctx * self._heads_gpu * self._head_bytes / (reuse * g.mem_bw * c.mix_bw_eff)
+        mult = _interp_log2(nd, c.mix_dec_factor)
+        t = (stream if stream > dram else dram) * mult + (m_blocks - 1) * ctas / g.sms * c.mix_empty \
+            + c.mix_dseq * nd
+        return self.num_layers * t * c.scale
 
     # ---- PerfModel ------------------------------------------------------------------------
     def step_time(self, stats: BatchStats) -> float:
@@ -233,9 +276,7 @@ class StepCostModel:
         pre = self.prefill_attn_time(stats) if stats.prefill_seqs else 0.0
         base = (fixed + pre) * self.c.scale
         if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more
-            mult = _interp_log2(stats.decode_seqs, self.c.mix_dec_factor)
-            dec = (self.decode_fixed(stats.decode_seqs) + self._dec_slope * mult * stats.decode_ctx
-                   + self.num_layers * self.c.mix_dseq * stats.decode_seqs * self.c.scale)
+            dec = self.mixed_decode_time(stats)
         else:
             dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
         return base + dec  # swaps are priced by the executor with swap_time (may overlap)

@@ -80,6 +80,9 @@ def test_decode_run_bit_identical_to_step_time(perf_models, kind, m, b, c0, k) -
     slow = decode_run_by_steps(pm, b, c, k)
     assert fast.dtype == np.float64 and fast.shape == (k,)
     assert fast.tobytes() == slow.tobytes()
+    base, fixed, slope = pm.decode_line(b)  # the scalar form fast-forward uses
+    scalar = np.array([(slope * (c + i * b) + fixed) + base for i in range(k)])
+    assert scalar.tobytes() == slow.tobytes()
 
 
 @settings(max_examples=150, deadline=None)

@@ -281,6 +281,14 @@ class StepCostModel:
             dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
         return base + dec  # swaps are priced by the executor with swap_time (may overlap)
 
+    def decode_line(self, batch: int) -> tuple[float, float, float]:
+        """``(base, fixed, slope)``: a decode-only step of ``batch`` sequences reading ``ctx``
+        KV tokens costs ``(slope * ctx + fixed) + base``, the very float operations of
+        ``decode_run`` and ``step_time`` — for pricing a few steps without numpy's per-call
+        overhead (most fast-forward runs are cut by an arrival after a handful of steps)."""
+        base = (self.token_time(batch + 0.0, batch) + 0.0) * self.c.scale
+        return base, self.decode_fixed(batch), self._dec_slope
+
     def decode_run(self, batch: int, ctx_sum: int, k: int) -> np.ndarray:
         if k <= 0:
             return np.zeros(0, dtype=np.float64)

@@ -194,3 +194,22 @@ def test_stale_hash_entries_are_swept_and_the_lru_compacts():
         assert len(kv.hash_to_block) <= 4 * kv.num_blocks + 4096 + 3
     assert kv.stats.evicted_cached > 0
     kv.check([])
+
+
+def test_check_catches_a_lost_or_double_owned_block():
+    import pytest
+    kv = KVCache(8, 4)
+    r = make_request(0, 0.0, 10, 1)
+    kv.acquire_hits(r, [])
+    kv.allocate(r, 10)
+    kv.check([r])
+    with pytest.raises(AssertionError, match="refcounts"):
+        kv.check([])  # a holder the cache does not know about: blocks would be lost
+    kv.ref[r.blocks[0]] += 1
+    with pytest.raises(AssertionError, match="refcounts"):
+        kv.check([r])
+    kv.ref[r.blocks[0]] -= 1
+    kv._free_stack[kv._free_top] = r.blocks[0]  # owned and free at once
+    kv._free_top += 1
+    with pytest.raises(AssertionError, match="states"):
+        kv.check([r])

@@ -496,40 +496,40 @@ class KVCache:
 
     # -- invariants -----------------------------------------------------------------------
     def check(self, live: list[Request]) -> None:
-        """Assert conservation: every block free, cached or owned; refs match holders."""
-        expected = [0] * self.num_blocks
-        for r in live:
-            for b in r.blocks:
-                expected[b] += 1
-        for p in self.pins.values():
-            for b in p.blocks:
-                expected[b] += 1
-        ref = self.ref.tolist()
-        if expected != ref:
-            bad = [b for b in range(self.num_blocks) if expected[b] != ref[b]][:5]
+        """Assert conservation: every block free, cached or owned; refs match holders.
+        Vectorised: the simulator runs it after every simulation."""
+        nb = self.num_blocks
+        holders = [r.blocks for r in live] + [p.blocks for p in self.pins.values()]
+        held = np.concatenate([np.asarray(h, dtype=np.int64) for h in holders if h]
+                              or [np.zeros(0, dtype=np.int64)])
+        expected = np.bincount(held, minlength=nb)
+        if not np.array_equal(expected, self.ref):
+            bad = np.flatnonzero(expected != self.ref)[:5].tolist()
             raise AssertionError(f"block refcounts disagree with holders at {bad}")
-        free_list = self.free_plain
-        free_set = set(free_list)
-        if len(free_set) != len(free_list):
+        free = np.bincount(self._free_stack[: self._free_top], minlength=nb)
+        if free.max(initial=0) > 1:
             raise AssertionError("a block is twice in the free list")
-        cached_list = self.cached
-        cached_set = set(cached_list)
-        if len(cached_set) != len(cached_list) or len(cached_list) != self.num_cached:
-            raise AssertionError(f"LRU holds {len(cached_list)} live entries "
-                                 f"({len(cached_set)} distinct), count says {self.num_cached}")
+        live_lru = self._live_lru()
+        cached = np.bincount(live_lru, minlength=nb)
+        if cached.max(initial=0) > 1 or len(live_lru) != self.num_cached:
+            raise AssertionError(f"LRU holds {len(live_lru)} live entries, count says "
+                                 f"{self.num_cached}, or a block twice")
         if self._lru_tail - self._lru_head - self.num_cached != self._lru_stale:
             raise AssertionError(f"LRU stale count {self._lru_stale} is wrong")
-        has = self.has_hash.tolist()
-        for b in range(self.num_blocks):
-            states = (ref[b] > 0) + (b in free_set) + (b in cached_set)
-            if states != 1:
-                raise AssertionError(f"block {b} is in {states} states (ref={ref[b]})")
-            if b in free_set and has[b]:
-                raise AssertionError(f"free block {b} still has a hash")
-            if b in cached_set and not has[b]:
-                raise AssertionError(f"cached block {b} has no hash")
-            if has[b] and self.hash_to_block.get(int(self.block_hash[b]), b) != b:
-                raise AssertionError(f"block {b}'s hash is registered to another block")
+        states = (self.ref > 0).astype(np.int64) + free + cached
+        if np.any(states != 1):
+            b = int(np.flatnonzero(states != 1)[0])
+            raise AssertionError(f"block {b} is in {int(states[b])} states "
+                                 f"(ref={int(self.ref[b])})")
+        if np.any(self.has_hash & (free > 0)):
+            raise AssertionError("a free block still has a hash")
+        if np.any(~self.has_hash & (cached > 0)):
+            raise AssertionError("a cached block has no hash")
+        h2b = self.hash_to_block
+        if h2b:
+            for b in np.flatnonzero(self.has_hash).tolist():
+                if h2b.get(int(self.block_hash[b]), b) != b:
+                    raise AssertionError(f"block {b}'s hash is registered to another block")
         if not 0 <= self.host_used <= max(self.num_host_blocks, 0):
             raise AssertionError(f"host tier usage {self.host_used} out of range")
 
@@ -537,5 +537,5 @@ class KVCache:
 def _stamps(req: Request, start: int, stop: int) -> np.ndarray:
     """Stand-in hashes of a private request's blocks ``start..stop-1``: unique per (request,
     block), negative like half of all Python hashes; compared only against its own blocks."""
-    base = req.id << 24
-    return ~np.arange(base + start, base + stop, dtype=np.int64)
+    base = -1 - (req.id << 24)  # ~x == -1 - x
+    return np.arange(base - start, base - stop, -1, dtype=np.int64)

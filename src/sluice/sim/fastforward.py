@@ -30,6 +30,7 @@ class DecodeRun:
     ends: np.ndarray  # end time of each of the k steps
     allocs: list[tuple[int, int, int]]  # (step 1..k, batch index, tokens to cover)
     eos_at: list[float]
+    limits: list[int]  # steps until each request ends (== k: it ends with the run)
 
 
 def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | None:
@@ -46,7 +47,7 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
     cfg = sched.cfg
     if len(reqs) > cfg.max_num_batched_tokens:
         return None
-    k_cap, eos_at = _steps_until_a_finish(reqs, steps_to_eos, cfg.max_model_len)
+    k_cap, eos_at, limits = _steps_until_a_finish(reqs, steps_to_eos, cfg.max_model_len)
     if k_cap < MIN_STEPS:
         return None
     k_cap = min(k_cap, MAX_STEPS)
@@ -57,7 +58,7 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
     allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)  # only up to the horizon
     if k_cap < MIN_STEPS:
         return None
-    return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at)
+    return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at, limits)
 
 
 def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
@@ -101,16 +102,17 @@ def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
 
 
 def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
-                          ) -> tuple[int, list[float]]:
-    """Steps before the first request ends (EOS, max_tokens or the context limit), and each
-    request's steps to EOS; 0 if a request is not a steady decoder (e.g. a prompt's last
-    token is still to compute). Plain comparisons: this loop runs for every run."""
+                          ) -> tuple[int, list[float], list[int]]:
+    """Steps before the first request ends (EOS, max_tokens or the context limit), and per
+    request its steps to EOS and to its end; k = 0 if a request is not a steady decoder (e.g.
+    a prompt's last token is still to compute). Plain comparisons: this runs for every run."""
     k = 1 << 30
     eos_at: list[float] = []
+    limits: list[int] = []
     for r in reqs:
         tokens = r.num_tokens
         if tokens - r.num_computed != 1 or r.first_token < 0 or r.resume_tokens:
-            return 0, eos_at
+            return 0, eos_at, limits
         eos = steps_to_eos(r)
         eos_at.append(eos)
         limit = r.max_tokens - r.num_output
@@ -118,9 +120,10 @@ def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
             limit = eos
         if max_len - tokens < limit:
             limit = max_len - tokens
+        limits.append(limit)
         if limit < k:
             k = limit
-    return int(k), eos_at
+    return int(k), eos_at, limits
 
 
 def _block_allocations(reqs: list[Request], kv, k_cap: int
@@ -157,31 +160,29 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     first_end = float(ends[0])
     end = float(ends[-1])
     itls = sched.itls
-    ended: list[Request] = []
-    stops: list[bool] = []
-    max_len = sched.cfg.max_model_len
-    for r, eos in zip(reqs, run.eos_at):
+    ended: list[int] = []
+    for i, (r, limit) in enumerate(zip(reqs, run.limits)):
         r.num_computed += k
         content = r.content
-        if content.segments is not None and content.segments[-1][0] == -1 - r.id:  # output_key
-            content.segments[-1][1] += k  # inline append_virtual: the hot path
+        segs = content.segments
+        if segs is not None and segs[-1][0] == -1 - r.id:  # output_key, inlined
+            segs[-1][1] += k  # inline append_virtual: the hot path
             content.length += k
         else:
             content.append_virtual(r.output_key, k)
-            if content.segments is None:
+            if segs is None:
                 kv.commit(r)  # token content only: virtual output blocks register at kv.free
         r.num_tokens += k
         r.num_output += k
         itls.append(first_end - r.last_token)
         r.last_token = end
-        if r.num_output >= r.max_tokens or eos == k or r.num_tokens >= max_len:
-            ended.append(r)
-            stops.append(eos == k)
+        if limit == k:  # EOS, max_tokens or the context limit: planned to end here
+            ended.append(i)
     if k > 1:
         sched.itl_runs.append((ends[1:] - ends[:-1], len(reqs)))
     engine.steps += k
-    for r, stop in zip(ended, stops):
-        sched._finish(r, end, "stop" if stop else "length")
+    for i in ended:
+        sched._finish(reqs[i], end, "stop" if run.eos_at[i] == k else "length")
     if sched._on_decode_run:
         engine.policy.on_decode_run(reqs, k, sched.view(end))
-    return ended
+    return [reqs[i] for i in ended]

@@ -174,3 +174,21 @@ def test_goodput_counts_requests_meeting_every_slo():
     cfg.goodput = {"ttft": 100.0, "tpot": 100.0}
     res = run_simulation(cfg, ListWorkload(copy.deepcopy(reqs)))
     assert math.isclose(res.summary["request_goodput"], res.summary["request_throughput"])
+
+
+@settings(settings.get_profile("core"))
+@given(reqs=workloads(), policy=st.sampled_from(POLICIES))
+def test_compacting_inter_token_latencies_changes_no_statistic(reqs, policy):
+    """Long runs keep ITLs as distinct gaps with counts; the summary must not notice."""
+    import pytest
+    import sluice.core.scheduler as sched_mod
+
+    def run():
+        res = run_simulation(_config(policy, 400, "recompute", False),
+                             ListWorkload(copy.deepcopy(reqs)), keep_requests=False)
+        return json.dumps(res.summary, sort_keys=True)
+
+    whole = run()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sched_mod, "ITL_COMPACT_AT", 3)
+        assert run() == whole

@@ -21,6 +21,7 @@ from sluice.core.request import Request, RequestState
 from sluice.policies.base import Policy, View
 
 _RUN = RequestState.RUNNING
+ITL_COMPACT_AT = 1 << 20  # individual ITLs kept before compacting them (8 MiB)
 _QUEUED = (RequestState.WAITING, RequestState.PREEMPTED, RequestState.SWAPPED)
 
 
@@ -37,8 +38,9 @@ class Scheduler:
         # every inter-token latency in seconds (the simulator's metrics read it); a long-lived
         # server swaps in a bounded deque so memory stays flat
         self.itls = array("d")
-        # ITLs of fast-forwarded runs in bulk: (gaps of the run's steps, batch size)
-        self.itl_runs: list[tuple[np.ndarray, int]] = []
+        # ITLs in bulk: (gaps, how often each was seen) - a fast-forwarded run's step gaps
+        # and its batch size, or ``itls`` compacted to distinct values and counts
+        self.itl_runs: list[tuple[np.ndarray, int | np.ndarray]] = []
         self.num_preemptions = 0
         self._admit_seq = 0
         self._policy_on_step = type(policy).on_step is not Policy.on_step
@@ -425,10 +427,20 @@ class Scheduler:
                 kv.commit(req)
         for req in ended:
             self._finish(req, now, "stop" if req.id in finished_ids else "length")
+        if len(itls) > ITL_COMPACT_AT and isinstance(itls, array):
+            self._compact_itls()
         if self._policy_on_step:
             served = [(c.req, c.n_tokens) for c in plan.chunks] + [(r, 1) for r in plan.decodes]
             self.policy.on_step(served, self.view(now))
         return ended
+
+    def _compact_itls(self) -> None:
+        """The decoders of one step share its gap: keep distinct gaps with counts, so a long
+        overloaded run (no fast-forward) does not hold 8 bytes per generated token."""
+        values, counts = np.unique(np.frombuffer(self.itls, dtype=np.float64),
+                                   return_counts=True)
+        self.itl_runs.append((values, counts))
+        self.itls = array("d")
 
     def _sample(self, req: Request, sampled, finished_ids: set[int], now: float) -> bool:
         """A chunk completed ``req``'s tokens: take the sampled token; True if it ended."""

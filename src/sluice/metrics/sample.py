@@ -72,13 +72,13 @@ class WeightedSample:
 
 
 def itl_sample(scheduler) -> WeightedSample:
-    """A scheduler's inter-token latencies (one by one, and fast-forwarded runs' gaps times
-    their batch size) as one weighted sample."""
+    """A scheduler's inter-token latencies (one by one, fast-forwarded runs' gaps times their
+    batch size, and compacted ones with their counts) as one weighted sample."""
     gaps = [np.asarray(scheduler.itls, dtype=np.float64)]
     counts = [np.ones(len(gaps[0]), dtype=np.int64)]
-    for diffs, batch in scheduler.itl_runs:
+    for diffs, seen in scheduler.itl_runs:  # seen: a run's batch size, or counts
         gaps.append(diffs)
-        counts.append(np.full(len(diffs), batch, dtype=np.int64))
+        counts.append(np.broadcast_to(np.asarray(seen, dtype=np.int64), diffs.shape))
     return WeightedSample.of(np.concatenate(gaps), np.concatenate(counts))
 
 

@@ -74,11 +74,20 @@ class WeightedSample:
 def itl_sample(scheduler) -> WeightedSample:
     """A scheduler's inter-token latencies (one by one, fast-forwarded runs' gaps times their
     batch size, and compacted ones with their counts) as one weighted sample."""
-    gaps = [np.asarray(scheduler.itls, dtype=np.float64)]
-    counts = [np.ones(len(gaps[0]), dtype=np.int64)]
+    one_by_one = np.asarray(scheduler.itls, dtype=np.float64)
+    gaps, counts = [one_by_one], [np.ones(len(one_by_one), dtype=np.int64)]
+    run_gaps, run_lens, run_batches = [], [], []
     for diffs, seen in scheduler.itl_runs:  # seen: a run's batch size, or counts
-        gaps.append(diffs)
-        counts.append(np.broadcast_to(np.asarray(seen, dtype=np.int64), diffs.shape))
+        if isinstance(seen, np.ndarray):
+            gaps.append(diffs)
+            counts.append(seen.astype(np.int64))
+        else:
+            run_gaps.append(diffs)
+            run_lens.append(len(diffs))
+            run_batches.append(seen)
+    if run_gaps:
+        gaps.append(np.concatenate(run_gaps))
+        counts.append(np.repeat(np.asarray(run_batches, dtype=np.int64), run_lens))
     return WeightedSample.of(np.concatenate(gaps), np.concatenate(counts))
 
 

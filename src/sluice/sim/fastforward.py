@@ -160,8 +160,8 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     first_end = float(ends[0])
     end = float(ends[-1])
     itls = sched.itls
-    ended: list[int] = []
-    for i, (r, limit) in enumerate(zip(reqs, run.limits)):
+    append_itl = itls.append
+    for r in reqs:
         r.num_computed += k
         content = r.content
         segs = content.segments
@@ -174,10 +174,10 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
                 kv.commit(r)  # token content only: virtual output blocks register at kv.free
         r.num_tokens += k
         r.num_output += k
-        itls.append(first_end - r.last_token)
+        append_itl(first_end - r.last_token)
         r.last_token = end
-        if limit == k:  # EOS, max_tokens or the context limit: planned to end here
-            ended.append(i)
+    # EOS, max_tokens or the context limit: planned to end with the run
+    ended = [i for i, limit in enumerate(run.limits) if limit == k]
     if k > 1:
         sched.itl_runs.append((ends[1:] - ends[:-1], len(reqs)))
     engine.steps += k

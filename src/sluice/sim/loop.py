@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import numpy as np
 
 from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
@@ -174,12 +173,14 @@ class SimLoop:
         k = fl.run.k
         st.kv_used_step_sum += k * used + sum(k - j + 1 for j, _i, _t in fl.run.allocs)
         st.kv_steps += k
+        if fl.end < self._next_kv_sample:  # no sample due within the run (the usual case)
+            return
         ends = fl.run.ends
-        j = int(np.searchsorted(ends, self._next_kv_sample, side="left"))
+        j = int(ends.searchsorted(self._next_kv_sample, side="left"))
         while j < k:
             a = sum(1 for step, _i, _t in fl.run.allocs if step <= j + 1)
             self._maybe_sample(float(ends[j]), used + a)
-            j = int(np.searchsorted(ends, self._next_kv_sample, side="left"))
+            j = int(ends.searchsorted(self._next_kv_sample, side="left"))
 
     def _maybe_sample(self, t: float, used: int) -> None:
         if t >= self._next_kv_sample:

@@ -295,7 +295,13 @@ class KVCache:
         return taken[0] if len(taken) == 1 else np.concatenate(taken)
 
     def commit(self, req: Request) -> None:
-        """Register the hashes of ``req``'s newly full computed blocks in the prefix cache."""
+        """Register the hashes of ``req``'s newly full computed blocks in the prefix cache.
+        Private content waits for ``free``: nobody else can look it up, and the request
+        itself only after it let its blocks go."""
+        if not req.content.private:
+            self._register(req)
+
+    def _register(self, req: Request) -> None:
         if not self.prefix_caching:
             return
         n_full = req.num_computed // self.block_size
@@ -339,7 +345,7 @@ class KVCache:
         request's output blocks to here, as no other request can name them before it ends.
         ``may_return`` (a recompute preemption): a private request remembers its blocks, the
         only place its prefix can be found again."""
-        self.commit(req)
+        self._register(req)
         blocks = req.blocks
         self._release(blocks[::-1])
         req.blocks = []

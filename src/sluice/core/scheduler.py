@@ -50,6 +50,8 @@ class Scheduler:
         self._layered = type(policy).prefill_layers is not Policy.prefill_layers
         self._preempts = type(policy).preempt_for is not Policy.preempt_for
         self._on_admit = type(policy).on_admit is not Policy.on_admit
+        self._on_arrival = type(policy).on_arrival is not Policy.on_arrival
+        self._admits = type(policy).admit is not Policy.admit
         self._ranks_pins = type(policy).reclaim_key is not Policy.reclaim_key
         self._requeue: list[Request] | None = None
         self._refund = 0
@@ -67,7 +69,8 @@ class Scheduler:
             self._program_end(req, now)
             return False
         req.state = RequestState.WAITING
-        self.policy.on_arrival(req, self.view(now))
+        if self._on_arrival:
+            self.policy.on_arrival(req, self.view(now))
         self._enqueue(req, now)
         return True
 
@@ -207,7 +210,7 @@ class Scheduler:
         if not policy.static_key:
             key = policy.key
             self.waiting.sort(key=lambda r: key(r, now))
-        view = self.view(now)
+        view = self.view(now) if self._admits else None  # only admission policies read it
         taken: list[int] = []
         self._requeue = []  # victims evicted during this loop join the queue after it
         for i, req in enumerate(self.waiting):
@@ -217,7 +220,8 @@ class Scheduler:
                 break
             budget += self._refund
             self._refund = 0
-            n = self._admit(plan, req, now, budget) if policy.admit(req, view) else 0
+            admitted = view is None or policy.admit(req, view)
+            n = self._admit(plan, req, now, budget) if admitted else 0
             budget += self._refund  # work of victims taken out of the plan
             self._refund = 0
             if not n:

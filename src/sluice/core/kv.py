@@ -362,11 +362,16 @@ class KVCache:
             return
         arr = np.asarray(blocks, dtype=np.int64)
         ref = self.ref
-        ref[arr] -= 1
-        idle = arr[ref[arr] == 0]
+        left = ref[arr]
+        left -= 1
+        ref[arr] = left
+        idle = arr if not left.any() else arr[left == 0]  # usually nobody else held them
         if not len(idle):
             return
         hashed = self.has_hash[idle]
+        if hashed.all():  # full blocks of one request: all to the LRU
+            self._push_lru(idle)
+            return
         self._push_lru(idle[hashed])
         plain = idle[~hashed]
         top = self._free_top

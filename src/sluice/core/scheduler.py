@@ -43,19 +43,33 @@ class Scheduler:
         self.itl_runs: list[tuple[np.ndarray, int | np.ndarray]] = []
         self.num_preemptions = 0
         self._admit_seq = 0
-        self._policy_on_step = type(policy).on_step is not Policy.on_step
-        self._on_decode_run = type(policy).on_decode_run is not Policy.on_decode_run
-        self._finish_hooks = (type(policy).retain is not Policy.retain
-                              or type(policy).on_finish is not Policy.on_finish)
-        self._layered = type(policy).prefill_layers is not Policy.prefill_layers
-        self._preempts = type(policy).preempt_for is not Policy.preempt_for
-        self._on_admit = type(policy).on_admit is not Policy.on_admit
-        self._on_arrival = type(policy).on_arrival is not Policy.on_arrival
-        self._admits = type(policy).admit is not Policy.admit
-        self._ranks_pins = type(policy).reclaim_key is not Policy.reclaim_key
         self._requeue: list[Request] | None = None
         self._refund = 0
         self.max_kv_tokens = kv.num_blocks * kv.block_size
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """Which hooks the policy overrides, noted once: the hot paths skip the others (and
+        the View they would be handed)."""
+        self._policy = policy
+        cls = type(policy)
+
+        def overrides(hook: str) -> bool:
+            return getattr(cls, hook) is not getattr(Policy, hook)
+
+        self._policy_on_step = overrides("on_step")
+        self._on_decode_run = overrides("on_decode_run")
+        self._finish_hooks = overrides("retain") or overrides("on_finish")
+        self._layered = overrides("prefill_layers")
+        self._preempts = overrides("preempt_for")
+        self._on_admit = overrides("on_admit")
+        self._on_arrival = overrides("on_arrival")
+        self._admits = overrides("admit")
+        self._ranks_pins = overrides("reclaim_key")
 
     # -- intake ---------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> bool:

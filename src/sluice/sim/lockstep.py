@@ -16,15 +16,14 @@ tens of microseconds against steps of tens of milliseconds).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
 from sluice.core.request import Request
+from sluice.sim.events import EventLoop, PendingEvents
 from sluice.workload.base import Workload
 
 INF = math.inf
@@ -111,7 +110,7 @@ class LockstepStats:
     kv_samples: list[tuple[float, int]] = field(default_factory=list)  # (t, blocks, all ranks)
 
 
-class LockstepLoop:
+class LockstepLoop(EventLoop):
     """Drive ``engines`` (one per DP rank) in lock step through ``workload``.
 
     ``sync_overhead`` seconds are added to every step in which any rank runs (default 0).
@@ -132,10 +131,7 @@ class LockstepLoop:
         self.now = 0.0
         self.stats = LockstepStats(rank_steps=[0] * n, dummy_steps=[0] * n, wait_s=[0.0] * n,
                                    dispatched=[0] * n)
-        self._heap: list[tuple[float, int, Request | None]] = []  # None = policy wake-up
-        self._seq = itertools.count()
-        self._arrivals: Iterator[Request] = iter(workload.requests())
-        self._next: Request | None = next(self._arrivals, None)
+        self.events = PendingEvents(workload)
         self._inflight: Step | None = None
         self._kv_sample_every = kv_sample_every
         self._next_kv_sample = 0.0
@@ -145,24 +141,6 @@ class LockstepLoop:
         return any(e.has_work for e in self.engines)
 
     # -- events ---------------------------------------------------------------------------
-    def _next_event_time(self) -> float:
-        t = self._next.arrival if self._next is not None else INF
-        if self._heap and self._heap[0][0] < t:
-            t = self._heap[0][0]
-        return t
-
-    def _pop_event(self) -> Request | None:
-        """The earliest pending request (stream before heap at equal times)."""
-        if self._next is not None and (not self._heap or self._next.arrival <= self._heap[0][0]):
-            req = self._next
-            self._next = next(self._arrivals, None)
-            if self._next is not None and self._next.arrival < req.arrival:
-                raise ValueError(f"workload {self.workload.name!r} is not sorted by arrival: "
-                                 f"request {self._next.id} at {self._next.arrival} after "
-                                 f"{req.id} at {req.arrival}")
-            return req
-        return heapq.heappop(self._heap)[2]
-
     def _arrive(self, req: Request | None) -> None:
         if req is None:  # a policy wake-up: nothing arrives, the next plan may differ
             return
@@ -175,11 +153,7 @@ class LockstepLoop:
     def _ended(self, req: Request) -> None:
         if self.on_request_end is not None:
             self.on_request_end(req)
-        for follow in self.workload.on_request_end(req, self.now):
-            if follow.arrival < self.now:
-                raise ValueError(f"follow-up request {follow.id} arrives at {follow.arrival}, "
-                                 f"before its cause ended at {self.now}")
-            heapq.heappush(self._heap, (follow.arrival, next(self._seq), follow))
+        self.events.request_ended(req, self.now)
 
     # -- steps ----------------------------------------------------------------------------
     def _start_step(self, now: float) -> None:
@@ -212,8 +186,8 @@ class LockstepLoop:
                 t = e.policy.next_wakeup(e.scheduler.view(now))
                 if t is not None and now < t < t_wake:
                     t_wake = t
-        if t_wake < INF and (not self._heap or self._heap[0][0] > t_wake):
-            heapq.heappush(self._heap, (t_wake, next(self._seq), None))
+        if t_wake < INF:
+            self.events.wake_at(t_wake)
 
     def _complete_step(self, step: Step) -> None:
         self.balancer.refresh(step.end, self.engines)  # a snapshot taken before the step ends
@@ -228,35 +202,3 @@ class LockstepLoop:
         if step.end >= self._next_kv_sample:
             self.stats.kv_samples.append((step.end, used))
             self._next_kv_sample = step.end + self._kv_sample_every
-
-    # -- main loop ------------------------------------------------------------------------
-    def run(self, progress: Callable[[float], None] | None = None) -> float:
-        """Run to completion; returns the virtual time of the last event."""
-        while True:
-            step = self._inflight
-            t_event = self._next_event_time()
-            if step is not None and step.end <= t_event:
-                self._complete_step(step)
-                self._inflight = None
-                self._drain_due(self.now)
-                self._start_step(self.now)
-                continue
-            if t_event == INF:
-                if step is None and self.has_work:
-                    self._start_step(self.now)
-                    if self._inflight is None:
-                        raise RuntimeError("a rank has work but no rank planned anything (stuck)")
-                    continue
-                break
-            self.now = max(self.now, t_event)
-            self._arrive(self._pop_event())
-            if self._inflight is None:
-                self._drain_due(self.now)
-                self._start_step(self.now)
-            if progress is not None:
-                progress(self.now)
-        return self.now
-
-    def _drain_due(self, now: float) -> None:
-        while self._next_event_time() <= now:
-            self._arrive(self._pop_event())

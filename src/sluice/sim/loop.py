@@ -13,20 +13,18 @@ and the scheduler resumes the chunk from there.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 
 from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
 from sluice.core.request import Request
+from sluice.sim.events import EventLoop, PendingEvents
 from sluice.sim.fastforward import DecodeRun, apply_decode_run, plan_decode_run
 from sluice.workload.base import Workload
 
-INF = math.inf
 
 
 @dataclass(slots=True)
@@ -50,7 +48,7 @@ class LoopStats:
     pin_samples: list[tuple[float, int]] = field(default_factory=list)  # (t, pinned blocks)
 
 
-class SimLoop:
+class SimLoop(EventLoop):
     def __init__(self, engine: Engine, workload: Workload, *, fast_forward: bool = True,
                  on_request_end: Callable[[Request], None] | None = None,
                  kv_sample_every: float = 1.0) -> None:
@@ -60,33 +58,12 @@ class SimLoop:
         self.on_request_end = on_request_end
         self.now = 0.0
         self.stats = LoopStats()
-        self._heap: list[tuple[float, int, Request | None]] = []  # None = policy wake-up
-        self._seq = itertools.count()
-        self._arrivals: Iterator[Request] = iter(workload.requests())
-        self._next: Request | None = next(self._arrivals, None)
+        self.events = PendingEvents(workload)
         self._inflight: InFlight | None = None
         self._kv_sample_every = kv_sample_every
         self._next_kv_sample = 0.0
 
     # -- events ---------------------------------------------------------------------------
-    def _next_event_time(self) -> float:
-        t = self._next.arrival if self._next is not None else INF
-        if self._heap and self._heap[0][0] < t:
-            t = self._heap[0][0]
-        return t
-
-    def _pop_event(self) -> Request | None:
-        """The earliest pending request (stream before heap at equal times)."""
-        if self._next is not None and (not self._heap or self._next.arrival <= self._heap[0][0]):
-            req = self._next
-            self._next = next(self._arrivals, None)
-            if self._next is not None and self._next.arrival < req.arrival:
-                raise ValueError(f"workload {self.workload.name!r} is not sorted by arrival: "
-                                 f"request {self._next.id} at {self._next.arrival} after "
-                                 f"{req.id} at {req.arrival}")
-            return req
-        return heapq.heappop(self._heap)[2]
-
     def _arrive(self, req: Request | None) -> None:
         if req is None:  # a policy wake-up: nothing arrives, the next plan may differ
             return
@@ -113,17 +90,13 @@ class SimLoop:
     def _ended(self, req: Request) -> None:
         if self.on_request_end is not None:
             self.on_request_end(req)
-        for follow in self.workload.on_request_end(req, self.now):
-            if follow.arrival < self.now:
-                raise ValueError(f"follow-up request {follow.id} arrives at {follow.arrival}, "
-                                 f"before its cause ended at {self.now}")
-            heapq.heappush(self._heap, (follow.arrival, next(self._seq), follow))
+        self.events.request_ended(req, self.now)
 
     # -- steps ----------------------------------------------------------------------------
     def _start_step(self, now: float) -> None:
         engine = self.engine
         if self.fast_forward:
-            horizon = self._next_event_time()
+            horizon = self.events.next_time()
             pin_t = engine.kv.next_pin_expiry()
             if pin_t is not None and pin_t < horizon:
                 horizon = pin_t
@@ -148,10 +121,15 @@ class SimLoop:
         if not engine.has_work:
             return
         t = engine.policy.next_wakeup(engine.scheduler.view(now))
-        if t is not None and t > now and (not self._heap or self._heap[0][0] > t):
-            heapq.heappush(self._heap, (t, next(self._seq), None))
+        if t is not None and t > now:
+            self.events.wake_at(t)
+
+    @property
+    def has_work(self) -> bool:
+        return self.engine.has_work
 
     def _complete_step(self, fl: InFlight) -> None:
+        self._sample_kv_step(fl)
         self.now = fl.end
         if fl.run is not None:
             ended = apply_decode_run(self.engine, fl.run)
@@ -188,36 +166,3 @@ class SimLoop:
             if self.engine.kv.pins:
                 self.stats.pin_samples.append((t, self.engine.kv.pinned_blocks))
             self._next_kv_sample = t + self._kv_sample_every
-
-    # -- main loop ------------------------------------------------------------------------
-    def run(self, progress: Callable[[float], None] | None = None) -> float:
-        """Run to completion; returns the virtual time of the last event."""
-        while True:
-            fl = self._inflight
-            t_event = self._next_event_time()
-            if fl is not None and fl.end <= t_event:
-                self._sample_kv_step(fl)
-                self._complete_step(fl)
-                self._inflight = None
-                self._drain_due(self.now)
-                self._start_step(self.now)
-                continue
-            if t_event == INF:
-                if fl is None and self.engine.has_work:
-                    self._start_step(self.now)
-                    if self._inflight is None:
-                        raise RuntimeError("engine has work but planned nothing (stuck)")
-                    continue
-                break
-            self.now = max(self.now, t_event)
-            self._arrive(self._pop_event())
-            if self._inflight is None:
-                self._drain_due(self.now)
-                self._start_step(self.now)
-            if progress is not None:
-                progress(self.now)
-        return self.now
-
-    def _drain_due(self, now: float) -> None:
-        while self._next_event_time() <= now:
-            self._arrive(self._pop_event())

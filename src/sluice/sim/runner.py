@@ -147,13 +147,7 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     if cfg.dp != 1:
         return run_lockstep(cfg, workload, progress, keep_requests)
     engine = build_engine(cfg)
-    records: list[RequestRecord] = []
-    kept: list[Request] = []
-
-    def on_end(req: Request) -> None:
-        records.append(RequestRecord.of(req))
-        if keep_requests:
-            kept.append(req)
+    records, kept, on_end = _collector(keep_requests)
 
     loop = SimLoop(engine, workload, fast_forward=cfg.fast_forward, on_request_end=on_end)
     loop.run(progress)
@@ -186,6 +180,20 @@ def run_simulation(cfg: SimConfig, workload: Workload,
     return result
 
 
+def _collector(keep_requests: bool):
+    """A record per ended request (and the request itself when asked), via the loops'
+    ``on_request_end`` callback."""
+    records: list[RequestRecord] = []
+    kept: list[Request] = []
+
+    def on_end(req: Request) -> None:
+        records.append(RequestRecord.of(req))
+        if keep_requests:
+            kept.append(req)
+
+    return records, kept, on_end
+
+
 def run_lockstep(cfg: SimConfig, workload: Workload,
                  progress: Callable[[float], None] | None = None,
                  keep_requests: bool = False) -> SimResult:
@@ -204,13 +212,7 @@ def run_lockstep(cfg: SimConfig, workload: Workload,
                           "ranks of a dense model independently (no lock step), which is N "
                           "separate replicas")
     engines = [build_engine(cfg, perf) for _ in range(cfg.dp)]
-    records: list[RequestRecord] = []
-    kept: list[Request] = []
-
-    def on_end(req: Request) -> None:
-        records.append(RequestRecord.of(req))
-        if keep_requests:
-            kept.append(req)
+    records, kept, on_end = _collector(keep_requests)
 
     loop = LockstepLoop(engines, workload, balancer=BALANCERS[cfg.dp_balancer](cfg.dp),
                         on_request_end=on_end)

@@ -59,7 +59,7 @@ class Scheduler:
         cls = type(policy)
 
         def overrides(hook: str) -> bool:
-            return getattr(cls, hook) is not getattr(Policy, hook)
+            return getattr(cls, hook) is not getattr(Policy, hook) or self._listens(hook)
 
         self._policy_on_step = overrides("on_step")
         self._on_decode_run = overrides("on_decode_run")
@@ -67,9 +67,13 @@ class Scheduler:
         self._layered = overrides("prefill_layers")
         self._preempts = overrides("preempt_for")
         self._on_admit = overrides("on_admit")
-        self._on_arrival = overrides("on_arrival")
+        self._on_arrival = overrides("on_arrival")  # see _listens for instance hooks
         self._admits = overrides("admit")
         self._ranks_pins = overrides("reclaim_key")
+
+    def _listens(self, hook: str) -> bool:
+        """A hook set on the policy instance itself (tests and tools patch them in)."""
+        return hook in getattr(self._policy, "__dict__", ())
 
     # -- intake ---------------------------------------------------------------------------
     def add(self, req: Request, now: float) -> bool:
@@ -83,7 +87,7 @@ class Scheduler:
             self._program_end(req, now)
             return False
         req.state = RequestState.WAITING
-        if self._on_arrival:
+        if self._on_arrival or self._listens("on_arrival"):
             self.policy.on_arrival(req, self.view(now))
         self._enqueue(req, now)
         return True
@@ -224,7 +228,8 @@ class Scheduler:
         if not policy.static_key:
             key = policy.key
             self.waiting.sort(key=lambda r: key(r, now))
-        view = self.view(now) if self._admits else None  # only admission policies read it
+        admits = self._admits or self._listens("admit")
+        view = self.view(now) if admits else None  # only admission policies read it
         taken: list[int] = []
         self._requeue = []  # victims evicted during this loop join the queue after it
         for i, req in enumerate(self.waiting):

@@ -301,7 +301,9 @@ class KVCache:
         if not req.content.private:
             self._register(req)
 
-    def _register(self, req: Request) -> None:
+    def _register(self, req: Request, arr: np.ndarray | None = None) -> None:
+        """Index ``req``'s full computed blocks not indexed yet (``arr``: its block table as
+        an array, when the caller has one)."""
         if not self.prefix_caching:
             return
         n_full = req.num_computed // self.block_size
@@ -310,7 +312,8 @@ class KVCache:
             return
         self.hashed_count[req.id] = n_full
         if req.content.private:  # nobody else can look these up: stamp, do not index
-            blocks = np.array(req.blocks[done:n_full], dtype=np.int64)
+            blocks = (arr[done:n_full] if arr is not None
+                      else np.array(req.blocks[done:n_full], dtype=np.int64))
             self.block_hash[blocks] = _stamps(req, done, n_full)
             self.has_hash[blocks] = True
             return
@@ -345,9 +348,14 @@ class KVCache:
         request's output blocks to here, as no other request can name them before it ends.
         ``may_return`` (a recompute preemption): a private request remembers its blocks, the
         only place its prefix can be found again."""
-        self._register(req)
         blocks = req.blocks
-        self._release(blocks[::-1])
+        if len(blocks) < self._SCALAR:
+            self._register(req)
+            self._release(blocks[::-1])
+        else:  # one conversion serves both
+            arr = np.array(blocks, dtype=np.int64)
+            self._register(req, arr)
+            self._release_array(arr[::-1])
         req.blocks = []
         req.own_blocks = blocks if may_return and req.content.private else None
         self.hashed_count.pop(req.id, None)
@@ -360,7 +368,9 @@ class KVCache:
             for b in blocks:
                 self._release_one(b)
             return
-        arr = np.asarray(blocks, dtype=np.int64)
+        self._release_array(np.asarray(blocks, dtype=np.int64))
+
+    def _release_array(self, arr: np.ndarray) -> None:
         ref = self.ref
         left = ref[arr]
         left -= 1

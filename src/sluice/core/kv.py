@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sluice.core.lru import BlockQueue
 from sluice.core.request import Request
 
 
@@ -62,9 +63,8 @@ class KVCache:
 
     * ``ref`` — reference counts; ``block_hash``/``has_hash`` — a block's registered hash;
     * the plain free list is a stack (``_free_stack[:_free_top]``, popped from the top);
-    * the LRU of cached blocks is a queue with lazy deletion: ``_lru[_lru_head:_lru_tail]``
-      holds block ids in release order and an entry is live only where ``_lru_pos[block]``
-      equals its index, so a hit removes a block from the middle in O(1);
+    * the LRU of cached blocks is a ``BlockQueue`` (``core/lru.py``): a queue with lazy
+      deletion, so a hit removes a block from the middle in O(1);
     * ``hash_to_block`` maps hash -> block, also lazily: an entry is live only while that block
       still has that hash (eviction just clears ``has_hash``); stale entries are swept when the
       map outgrows the cache.
@@ -88,12 +88,7 @@ class KVCache:
         self.has_hash = np.zeros(num_blocks, dtype=bool)
         self._free_stack = np.arange(num_blocks - 1, -1, -1, dtype=np.int64)  # top -> block 0
         self._free_top = num_blocks
-        self._lru = np.zeros(2 * num_blocks + 16, dtype=np.int64)
-        self._lru_pos = np.full(num_blocks, -1, dtype=np.int64)
-        self._lru_head = 0
-        self._lru_tail = 0
-        self._lru_stale = 0  # entries in [head, tail) left stale by hits
-        self.num_cached = 0
+        self.lru = BlockQueue(num_blocks)
         self.hash_to_block: dict[int, int] = {}
         self.hashed_count: dict[int, int] = {}  # request id -> blocks already hashed
         self.pins: dict[int, Pin] = {}
@@ -107,11 +102,15 @@ class KVCache:
     @property
     def num_free(self) -> int:
         """Blocks an allocation can take (plain free + evictable cached)."""
-        return self._free_top + self.num_cached
+        return self._free_top + self.lru.size
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - self._free_top - self.num_cached
+        return self.num_blocks - self._free_top - self.lru.size
+
+    @property
+    def num_cached(self) -> int:
+        return self.lru.size
 
     @property
     def pinned_blocks(self) -> int:
@@ -126,12 +125,7 @@ class KVCache:
     @property
     def cached(self) -> list[int]:
         """Evictable cached blocks, least recently released first (inspection only)."""
-        return self._live_lru().tolist()
-
-    def _live_lru(self) -> np.ndarray:
-        head, tail = self._lru_head, self._lru_tail
-        seg = self._lru[head:tail]
-        return seg[self._lru_pos[seg] == np.arange(head, tail)]
+        return self.lru.live().tolist()
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -193,15 +187,13 @@ class KVCache:
         ref = self.ref
         idle = arr[ref[arr] == 0]
         if len(idle):
-            self._lru_pos[idle] = -1
-            self._lru_stale += len(idle)
-            self.num_cached -= len(idle)
+            self.lru.remove(idle)
         ref[arr] += 1
 
     # -- allocation -----------------------------------------------------------------------
     def can_allocate(self, n_blocks: int, *, admission: bool = False) -> bool:
         reserve = self.watermark_blocks if admission else 0
-        return self._free_top + self.num_cached - n_blocks >= reserve
+        return self._free_top + self.lru.size - n_blocks >= reserve
 
     def needed_blocks(self, req: Request, total_tokens: int) -> int:
         return max(0, self.blocks_for(total_tokens) - len(req.blocks))
@@ -242,57 +234,27 @@ class KVCache:
         rest = need - plain
         if rest:
             self.stats.evicted_cached += rest
-            self.num_cached -= rest
             out.extend(self._evict(rest))
-        used = self.num_blocks - self._free_top - self.num_cached
+        used = self.num_blocks - self._free_top - self.lru.size
         if used > self.stats.peak_used:
             self.stats.peak_used = used
 
     def _evict(self, n: int) -> list[int]:
-        """Pop the ``n`` least recently released live LRU entries; their hashes are dropped
+        """Pop the ``n`` least recently released cached blocks; their hashes are dropped
         (their ``hash_to_block`` entries go stale)."""
-        lru, pos = self._lru, self._lru_pos
-        head = self._lru_head
         if n < self._SCALAR:  # a few decoders crossing block boundaries: the common case
             out = []
-            has, ref = self.has_hash, self.ref
+            has, ref, pop_one = self.has_hash, self.ref, self.lru.pop_one
             for _ in range(n):
-                b = lru.item(head)
-                while pos.item(b) != head:  # skip entries left stale by hits
-                    head += 1
-                    self._lru_stale -= 1
-                    b = lru.item(head)
-                head += 1
-                pos[b] = -1
+                b = pop_one()
                 has[b] = False
                 ref[b] = 1
                 out.append(b)
-            self._lru_head = head
             return out
-        if not self._lru_stale:  # no hit since the last sweep: the head is all live
-            blocks = lru[head: head + n].copy()
-            self._lru_head = head + n
-        else:
-            blocks = self._evict_skipping_stale(n)
-        pos[blocks] = -1
+        blocks = self.lru.pop(n)
         self.has_hash[blocks] = False
         self.ref[blocks] = 1
         return blocks.tolist()
-
-    def _evict_skipping_stale(self, n: int) -> np.ndarray:
-        lru, pos = self._lru, self._lru_pos
-        head = self._lru_head
-        taken: list[np.ndarray] = []
-        while n:
-            seg = lru[head: head + n]
-            live = seg[pos[seg] == np.arange(head, head + len(seg))]
-            head += len(seg)
-            self._lru_stale -= len(seg) - len(live)
-            if len(live):
-                taken.append(live)
-                n -= len(live)
-        self._lru_head = head
-        return taken[0] if len(taken) == 1 else np.concatenate(taken)
 
     def commit(self, req: Request) -> None:
         """Register the hashes of ``req``'s newly full computed blocks in the prefix cache.
@@ -380,9 +342,9 @@ class KVCache:
             return
         hashed = self.has_hash[idle]
         if hashed.all():  # full blocks of one request: all to the LRU
-            self._push_lru(idle)
+            self.lru.push(idle)
             return
-        self._push_lru(idle[hashed])
+        self.lru.push(idle[hashed])
         plain = idle[~hashed]
         top = self._free_top
         self._free_stack[top: top + len(plain)] = plain
@@ -394,30 +356,10 @@ class KVCache:
         if r:
             return
         if self.has_hash[b]:
-            self._push_lru(np.array([b], dtype=np.int64))
+            self.lru.push(np.array([b], dtype=np.int64))
         else:
             self._free_stack[self._free_top] = b
             self._free_top += 1
-
-    def _push_lru(self, blocks: np.ndarray) -> None:
-        n = len(blocks)
-        if not n:
-            return
-        if self._lru_tail + n > len(self._lru):
-            self._compact_lru()
-        tail = self._lru_tail
-        self._lru[tail: tail + n] = blocks
-        self._lru_pos[blocks] = np.arange(tail, tail + n)
-        self._lru_tail = tail + n
-        self.num_cached += n
-
-    def _compact_lru(self) -> None:
-        """Move the live entries to the front; amortised over >= num_blocks releases."""
-        live = self._live_lru()
-        self._lru[: len(live)] = live
-        self._lru_pos[live] = np.arange(len(live))
-        self._lru_head, self._lru_tail = 0, len(live)
-        self._lru_stale = 0
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, blocks: list[int], expiry: float, owner: int | None = None,
@@ -426,8 +368,9 @@ class KVCache:
         if blocks:
             arr = np.asarray(blocks, dtype=np.int64)
             idle = arr[self.ref[arr] == 0]
-            if len(idle) and np.any(self._lru_pos[idle] < 0):
-                bad = int(idle[self._lru_pos[idle] < 0][0])
+            free = idle[~self.lru.contains(idle)]
+            if len(free):
+                bad = int(free[0])
                 raise ValueError(f"cannot pin free block {bad}: it holds no KV")
         pid = self._next_pin
         self._next_pin += 1
@@ -530,13 +473,8 @@ class KVCache:
         free = np.bincount(self._free_stack[: self._free_top], minlength=nb)
         if free.max(initial=0) > 1:
             raise AssertionError("a block is twice in the free list")
-        live_lru = self._live_lru()
-        cached = np.bincount(live_lru, minlength=nb)
-        if cached.max(initial=0) > 1 or len(live_lru) != self.num_cached:
-            raise AssertionError(f"LRU holds {len(live_lru)} live entries, count says "
-                                 f"{self.num_cached}, or a block twice")
-        if self._lru_tail - self._lru_head - self.num_cached != self._lru_stale:
-            raise AssertionError(f"LRU stale count {self._lru_stale} is wrong")
+        self.lru.check()
+        cached = np.bincount(self.lru.live(), minlength=nb)
         states = (self.ref > 0).astype(np.int64) + free + cached
         if np.any(states != 1):
             b = int(np.flatnonzero(states != 1)[0])

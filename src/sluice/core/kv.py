@@ -235,7 +235,7 @@ class KVCache:
         if rest:
             self.stats.evicted_cached += rest
             out.extend(self._evict(rest))
-        used = self.num_blocks - self._free_top - self.lru.size
+        used = self.num_used
         if used > self.stats.peak_used:
             self.stats.peak_used = used
 

@@ -8,7 +8,7 @@ the batch a second time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sluice.core.request import Request
 
@@ -127,6 +127,17 @@ class StepPlan:
     @property
     def empty(self) -> bool:
         return not self.chunks and not self.decodes and not self.swap_in and not self.swap_out
+
+
+def step_line(plan: StepPlan, result: "StepResult") -> dict:
+    """A step log's line (``sluice perf calibrate`` reads it): the batch aggregates and the
+    measured duration, plus the layers done when the step was interrupted. One format for
+    every writer: the torch executor's own log and the server's."""
+    row = asdict(plan.stats)
+    row["duration_s"] = result.duration
+    if result.layers_done is not None:
+        row["layers_done"] = result.layers_done
+    return row
 
 
 @dataclass(slots=True)

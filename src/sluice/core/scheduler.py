@@ -299,8 +299,8 @@ class Scheduler:
                 return 0
             target = self._reservation(req, start + n)
             need = kv.blocks_for(target) - len(hits)
-            def enough() -> bool:  # hits sitting in the LRU count as free until taken
-                return kv.can_allocate(need + _cached_among(kv, hits), admission=True)
+            def enough() -> bool:  # hits sitting in the LRU count as free until we take them
+                return kv.can_allocate(need + kv.unreferenced(hits), admission=True)
 
             if not enough() and not self._make_room(plan, req, need, now, enough):
                 return 0
@@ -513,8 +513,3 @@ def _chunk(req: Request, remaining: int, budget: int, cap: int) -> int:
     if cap and n > cap:
         n = cap
     return n
-
-
-def _cached_among(kv: KVCache, hits: list[int]) -> int:
-    """Hits that sit in the evictable LRU count as free until we take them: add them back."""
-    return kv.unreferenced(hits)

@@ -22,11 +22,10 @@ from __future__ import annotations
 import json
 import math
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from sluice.core.plan import StepPlan, StepResult
+from sluice.core.plan import StepPlan, StepResult, step_line
 from sluice.errors import ConfigError
 
 
@@ -59,10 +58,7 @@ class ServeLog:
         """Hold a step's line until :meth:`close_step` knows its period."""
         if self._f is None:
             return
-        row: dict[str, Any] = asdict(plan.stats)
-        row["duration_s"] = result.duration
-        if result.layers_done is not None:
-            row["layers_done"] = result.layers_done
+        row = step_line(plan, result)
         row["start_s"] = start
         self._pending = row
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sluice.core.plan import Chunk, StepPlan, StepResult
+from sluice.core.plan import Chunk, StepPlan, StepResult, step_line
 from sluice.core.request import Request
 from sluice.errors import ConfigError
 from sluice.executors.torch.attention import flash_usable
@@ -216,14 +216,7 @@ class TorchExecutor:
     def _write_log(self, plan: StepPlan, result: StepResult) -> None:
         if self._log is None:
             return
-        s = plan.stats
-        row = {k: getattr(s, k) for k in ("prefill_tokens", "prefill_seqs", "prefill_attn",
-                                          "prefill_ctx", "decode_seqs", "decode_ctx",
-                                          "swap_in_blocks", "swap_out_blocks")}
-        row["duration_s"] = result.duration
-        if result.layers_done is not None:
-            row["layers_done"] = result.layers_done
-        self._log.write(json.dumps(row) + "\n")
+        self._log.write(json.dumps(step_line(plan, result)) + "\n")
         self._log.flush()
 
 

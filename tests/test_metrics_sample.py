@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.metrics.sample import WeightedSample
+from sluice.metrics.sample import WeightedSample, equal_runs, itl_sample
 
 values = st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=40)
 counts = st.lists(st.integers(1, 50), min_size=40, max_size=40)
@@ -40,3 +40,27 @@ def test_runs_and_one_by_one_give_identical_bits(vals, batch, rnd):
 def test_nan_values_are_dropped():
     s = WeightedSample.of(np.array([1.0, np.nan, 3.0]))
     assert s.size == 2 and s.percentile(50) == 2.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0.5, 1.0, 2.0, np.nan]), max_size=60))
+def test_equal_runs_expand_back_to_the_input(xs):
+    """The run-length encoding itl_sample applies to one-by-one ITLs loses nothing."""
+    x = np.array(xs, dtype=np.float64)
+    v, c = equal_runs(x)
+    assert c.dtype == np.int64 and (c > 0).all()
+    assert np.array_equal(np.repeat(v, c), x, equal_nan=True)
+    assert np.all(v[1:] != v[:-1]) or np.isnan(v).any()
+
+
+def test_itl_sample_merges_all_three_kinds_of_record():
+    """One-by-one gaps, a fast-forwarded run's step ends (gaps = differences, each seen by
+    the batch) and compacted (gaps, counts) give the sample of every gap written out."""
+    class Sched:
+        itls = [0.1, 0.1, 0.2]
+        itl_runs = [(np.array([1.0, 1.5, 2.5]), 3),  # gaps 0.5, 1.0, three requests each
+                    (np.array([0.1, 0.7]), np.array([2, 1])),  # compacted: 0.1 x2, 0.7 x1
+                    (np.array([4.0, 4.25]), 2)]  # gap 0.25 twice (not 4.0 - 2.5: other run)
+    s = itl_sample(Sched())
+    expected = [0.1] * 4 + [0.2, 0.7] + [0.5] * 3 + [1.0] * 3 + [0.25] * 2
+    assert np.array_equal(s.expand(), np.sort(expected))

@@ -334,18 +334,23 @@ class KVCache:
 
     def _release_array(self, arr: np.ndarray) -> None:
         ref = self.ref
-        left = ref[arr]
-        left -= 1
+        left = ref[arr] - 1
         ref[arr] = left
-        idle = arr if not left.any() else arr[left == 0]  # usually nobody else held them
-        if not len(idle):
+        # count_nonzero: a fraction of any()/all()'s call overhead on arrays this small
+        idle = arr if not np.count_nonzero(left) else arr[left == 0]  # usually nobody else
+        n_idle = len(idle)
+        if not n_idle:
             return
         hashed = self.has_hash[idle]
-        if hashed.all():  # full blocks of one request: all to the LRU
+        n_hashed = np.count_nonzero(hashed)
+        if n_hashed == n_idle:  # full blocks of one request: all to the LRU
             self.lru.push(idle)
             return
-        self.lru.push(idle[hashed])
-        plain = idle[~hashed]
+        if n_hashed:
+            self.lru.push(idle[hashed])
+            plain = idle[~hashed]
+        else:
+            plain = idle
         top = self._free_top
         self._free_stack[top: top + len(plain)] = plain
         self._free_top = top + len(plain)

@@ -38,8 +38,9 @@ class Scheduler:
         # every inter-token latency in seconds (the simulator's metrics read it); a long-lived
         # server swaps in a bounded deque so memory stays flat
         self.itls = array("d")
-        # ITLs in bulk: (gaps, how often each was seen) - a fast-forwarded run's step gaps
-        # and its batch size, or ``itls`` compacted to distinct values and counts
+        # ITLs in bulk, two kinds: (step end times, batch size) of a fast-forwarded run (its
+        # gaps, each seen by every request of the batch: the differences are taken at the
+        # end, in one go), or (gaps, counts) of ``itls`` compacted to distinct values
         self.itl_runs: list[tuple[np.ndarray, int | np.ndarray]] = []
         self.num_preemptions = 0
         self._admit_seq = 0
@@ -136,7 +137,8 @@ class Scheduler:
         """Every inter-token latency, expanded (tests, small runs); the summary reads them
         weighted instead (``metrics.sample.itl_sample``)."""
         parts = [np.asarray(self.itls, dtype=np.float64)]
-        parts += [np.repeat(diffs, batch) for diffs, batch in self.itl_runs]
+        parts += [np.repeat(values, seen) if isinstance(seen, np.ndarray)
+                  else np.repeat(np.diff(values), seen) for values, seen in self.itl_runs]
         return np.concatenate(parts)
 
     @property

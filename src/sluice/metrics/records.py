@@ -6,7 +6,11 @@ import csv
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from sluice.core.request import Request
+from sluice.core.request import Request, RequestState
+
+
+_NAN = float("nan")
+_STATE_NAMES = {s: s.name.lower() for s in RequestState}
 
 
 @dataclass(slots=True)
@@ -36,20 +40,19 @@ class RequestRecord:
 
     @classmethod
     def of(cls, r: Request) -> "RequestRecord":
+        """Positional, in field order: one record per simulated request, so it is hot."""
         slo = r.slo
-        nan = float("nan")
+        if slo is None:
+            ttft = tpot = deadline = _NAN
+        else:
+            ttft = slo.ttft or _NAN
+            tpot = slo.tpot or _NAN
+            deadline = slo.deadline or _NAN
         return cls(
-            id=r.id, user=r.user, slo_class=r.slo_class, priority=r.priority,
-            program=-1 if r.program is None else r.program, turn=r.turn, last_turn=r.last_turn,
-            arrival=r.arrival, first_scheduled=r.first_scheduled, first_token=r.first_token,
-            finish=r.finish_time, prompt_tokens=r.prompt_len, output_tokens=r.num_output,
-            cached_tokens=r.cached_tokens, recomputed_tokens=r.recomputed_tokens,
-            preemptions=r.preemptions, state=r.state.name.lower(), stop_reason=r.stop_reason,
-            slo_ttft=slo.ttft if slo and slo.ttft else nan,
-            slo_tpot=slo.tpot if slo and slo.tpot else nan,
-            slo_deadline=slo.deadline if slo and slo.deadline else nan,
-            weight=r.weight,
-        )
+            r.id, r.user, r.slo_class, r.priority, -1 if r.program is None else r.program,
+            r.turn, r.last_turn, r.arrival, r.first_scheduled, r.first_token, r.finish_time,
+            r.prompt_len, r.num_output, r.cached_tokens, r.recomputed_tokens, r.preemptions,
+            _STATE_NAMES[r.state], r.stop_reason, ttft, tpot, deadline, r.weight)
 
     @property
     def completed(self) -> bool:

@@ -28,9 +28,20 @@ class DecodeRun:
     reqs: list[Request]
     k: int
     ends: np.ndarray  # end time of each of the k steps
-    allocs: list[tuple[int, int, int]]  # (step 1..k, batch index, tokens to cover)
+    allocs: list[tuple[int, int]]  # (step 1..k, batch index) of each new block, in order
     eos_at: list[float]
     limits: list[int]  # steps until each request ends (== k: it ends with the run)
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One pass over the batch: what planning needs from each request."""
+
+    k: int  # steps before the first request ends (0: not a steady decode batch)
+    eos_at: list[float]
+    limits: list[int]
+    ctx: int  # KV tokens the first step reads
+    first_new: list[int]  # per request, the first step whose token needs a new block
 
 
 def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | None:
@@ -47,29 +58,27 @@ def plan_decode_run(engine: Engine, now: float, horizon: float) -> DecodeRun | N
     cfg = sched.cfg
     if len(reqs) > cfg.max_num_batched_tokens:
         return None
-    k_cap, eos_at, limits = _steps_until_a_finish(reqs, steps_to_eos, cfg.max_model_len)
-    if k_cap < MIN_STEPS:
+    scan = _scan(reqs, steps_to_eos, cfg.max_model_len, engine.kv.block_size)
+    if scan.k < MIN_STEPS:
         return None
-    k_cap = min(k_cap, MAX_STEPS)
-    ends = _step_ends(perf, reqs, now, k_cap, horizon)
+    ends = _step_ends(perf, len(reqs), scan.ctx, now, min(scan.k, MAX_STEPS), horizon)
     k_cap = len(ends)
     if k_cap < MIN_STEPS:
         return None
-    allocs, k_cap = _block_allocations(reqs, engine.kv, k_cap)  # only up to the horizon
+    allocs, k_cap = _block_allocations(scan.first_new, engine.kv, k_cap)  # up to the horizon
     if k_cap < MIN_STEPS:
         return None
-    return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, eos_at, limits)
+    return DecodeRun(reqs, k_cap, ends[:k_cap], allocs, scan.eos_at, scan.limits)
 
 
-def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
+def _step_ends(perf, b: int, ctx0: int, now: float, k_cap: int, horizon: float
                ) -> np.ndarray:
-    """End times of the run's steps, up to ``k_cap`` or the first step an event at
-    ``horizon`` changes (an event at time <= ends[j] changes step j+1, so j is the last).
+    """End times of the run's steps (``b`` decoders reading ``ctx0`` KV tokens in the
+    first), up to ``k_cap`` or the first step an event at ``horizon`` changes (an event at
+    time <= ends[j] changes step j+1, so j is the last).
     Priced in growing chunks: most runs are cut by an arrival long before a finish, and
     each step's time and each end (a running sum from ``now``) is the same whether it is
     computed alone or in a chunk."""
-    b = len(reqs)
-    ctx0 = sum(r.num_computed for r in reqs) + b
     parts: list[np.ndarray] = []
     done, start, chunk = 0, now, 32
     line = getattr(perf, "decode_line", None)
@@ -101,18 +110,21 @@ def _step_ends(perf, reqs: list[Request], now: float, k_cap: int, horizon: float
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
-                          ) -> tuple[int, list[float], list[int]]:
+def _scan(reqs: list[Request], steps_to_eos, max_len: int, bs: int) -> _Scan:
     """Steps before the first request ends (EOS, max_tokens or the context limit), and per
-    request its steps to EOS and to its end; k = 0 if a request is not a steady decoder (e.g.
-    a prompt's last token is still to compute). Plain comparisons: this runs for every run."""
+    request its steps to EOS and to its end and its first step needing a new block; k = 0
+    if a request is not a steady decoder (e.g. a prompt's last token is still to compute).
+    Plain comparisons in one loop: this runs for every run."""
     k = 1 << 30
+    ctx = 0
     eos_at: list[float] = []
     limits: list[int] = []
+    first_new: list[int] = []
     for r in reqs:
         tokens = r.num_tokens
-        if tokens - r.num_computed != 1 or r.first_token < 0 or r.resume_tokens:
-            return 0, eos_at, limits
+        c = r.num_computed
+        if tokens - c != 1 or r.first_token < 0 or r.resume_tokens:
+            return _Scan(0, eos_at, limits, 0, first_new)
         eos = steps_to_eos(r)
         eos_at.append(eos)
         limit = r.max_tokens - r.num_output
@@ -123,19 +135,20 @@ def _steps_until_a_finish(reqs: list[Request], steps_to_eos, max_len: int
         limits.append(limit)
         if limit < k:
             k = limit
-    return int(k), eos_at, limits
+        ctx += c
+        first_new.append(len(r.blocks) * bs + 1 - c)
+    return _Scan(int(k), eos_at, limits, ctx + len(reqs), first_new)
 
 
-def _block_allocations(reqs: list[Request], kv, k_cap: int
-                       ) -> tuple[list[tuple[int, int, int]], int]:
-    """New blocks the run needs, in step-by-step order; shortens the run to what fits."""
+def _block_allocations(first_new: list[int], kv, k_cap: int
+                       ) -> tuple[list[tuple[int, int]], int]:
+    """New blocks the run needs, in step-by-step order (step, then batch position); shortens
+    the run to what fits."""
     bs = kv.block_size
-    events: list[tuple[int, int, int]] = []
-    for i, r in enumerate(reqs):
-        c = r.num_computed
-        j = len(r.blocks) * bs + 1 - c  # first step whose token needs a new block
+    events: list[tuple[int, int]] = []
+    for i, j in enumerate(first_new):
         while j <= k_cap:
-            events.append((j, i, c + j))
+            events.append((j, i))
             j += bs
     events.sort()
     free = kv.num_free
@@ -154,7 +167,7 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     if run.allocs:  # taken in one go, handed out in step-by-step order: the same blocks
         if len(run.allocs) > kv.num_free:  # pragma: no cover - guarded by planning
             raise AssertionError("fast-forward allocation failed")
-        for (_j, i, _total), block in zip(run.allocs, kv.take(len(run.allocs))):
+        for (_j, i), block in zip(run.allocs, kv.take(len(run.allocs))):
             reqs[i].blocks.append(block)
     ends = run.ends
     first_end = float(ends[0])
@@ -179,7 +192,7 @@ def apply_decode_run(engine: Engine, run: DecodeRun) -> list[Request]:
     # EOS, max_tokens or the context limit: planned to end with the run
     ended = [i for i, limit in enumerate(run.limits) if limit == k]
     if k > 1:
-        sched.itl_runs.append((ends[1:] - ends[:-1], len(reqs)))
+        sched.itl_runs.append((ends, len(reqs)))  # gaps: differences, taken at the end
     engine.steps += k
     for i in ended:
         sched._finish(reqs[i], end, "stop" if run.eos_at[i] == k else "length")

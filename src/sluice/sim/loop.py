@@ -149,14 +149,14 @@ class SimLoop(EventLoop):
             self._maybe_sample(fl.end, used)
             return
         k = fl.run.k
-        st.kv_used_step_sum += k * used + sum(k - j + 1 for j, _i, _t in fl.run.allocs)
+        st.kv_used_step_sum += k * used + sum(k - j + 1 for j, _i in fl.run.allocs)
         st.kv_steps += k
         if fl.end < self._next_kv_sample:  # no sample due within the run (the usual case)
             return
         ends = fl.run.ends
         j = int(ends.searchsorted(self._next_kv_sample, side="left"))
         while j < k:
-            a = sum(1 for step, _i, _t in fl.run.allocs if step <= j + 1)
+            a = sum(1 for step, _i in fl.run.allocs if step <= j + 1)
             self._maybe_sample(float(ends[j]), used + a)
             j = int(ends.searchsorted(self._next_kv_sample, side="left"))
 

@@ -114,3 +114,30 @@ def test_vectorised_elementwise_matches_runtime(pm) -> None:
     qkv = pm._shapes.layer[0][0]
     t = _table(tokens=[300.0], hidden=[a.hidden], qkv=[qkv], inter=[a.intermediate / 2])
     assert vec_elementwise(pm.gpu, pm.c, t)[0] == pytest.approx(pm.elementwise_time(300.0), rel=1e-12)
+
+
+def test_warm_l2_prices_benchmark_rows_only() -> None:
+    """AIConfigurator re-runs a GEMM over 6 weight copies: copies that fit in L2 are read at the
+    fitted L2 rate; rows of cold sources and the runtime (no ``copies``) stay at DRAM speed."""
+    pm = build_perf_model("llama-3.1-8b", "l40s", tp=1)
+    g, c = pm.gpu, pm.c
+    assert c.gemm_l2_bw > 1.0  # L40S (96 MB L2): small weights run above the DRAM roofline
+    m, n, k = np.array([4.0, 4.0]), np.array([1024.0, 8192.0]), np.array([4096.0, 8192.0])
+    cold = vec_gemm(g, c, m, n, k)
+    warm = vec_gemm(g, c, m, n, k, copies=np.array([6.0, 6.0]))
+    assert warm[0] < cold[0]  # 6 x 8 MB fits in 96 MB
+    assert warm[1] == cold[1]  # 6 x 128 MB does not
+    assert vec_gemm(g, c, m, n, k, copies=np.zeros(2)).tolist() == cold.tolist()
+    assert cold[0] == pytest.approx(pm.gemm_time(4.0, 1024, 4096), rel=1e-12)
+
+
+def test_split_kv_mirror_matches_runtime() -> None:
+    from sluice.perf.fit import mixed_splits
+    from sluice.perf.roofline import split_kv
+
+    for sms, seqs, heads, q, ctx in [(188, 2, 32, 16, 8192), (188, 5, 32, 16, 8192), (132, 1, 8, 2048, 100),
+                                     (108, 3, 4, 1, 20), (142, 129, 64, 16, 50)]:
+        want = split_kv(sms, seqs, heads, q, ctx)
+        assert mixed_splits(sms, np.array([seqs]), np.array([heads]), np.array([q]),
+                            np.array([ctx]))[0] == want
+    assert split_kv(188, 2, 32, 16, 8192) > 1.0 and split_kv(188, 129, 32, 16, 8192) == 1.0

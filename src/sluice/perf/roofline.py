@@ -14,11 +14,12 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
   fill the tensor cores);
 * MoE: routed-expert FLOPs for ``T*top_k`` token-expert pairs and the weights of the experts
   touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
-* attention: prefill FLOPs from query-key pairs (``prefill_attn``) at an efficiency indexed by
-  the mean chunk length, at least the critical path of the last 128-row block, plus KV read of
-  the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer and per
+* attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus a softmax cost per
+  score, at an efficiency indexed by the keys a query row attends to (chunk + cached context),
+  at least the critical path of the last 128-row block and the chunk's own Q/K/V/O and
+  KV-cache traffic, plus KV read of the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer and per
   thread-block-wave costs; in a mixed prefill+decode step the decode rows run one block per
-  query head without split-KV (``mixed_decode_time``);
+  query head without GQA packing, split-KV only when the grid is small (``mixed_decode_time``);
 * norms / rotary / activation as bytes moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
 * per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
@@ -49,9 +50,14 @@ class Coeffs:
     moe_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff vs token-expert pairs/expert
     moe_mem_eff: float = 1.0
     moe_launch: float = 0.0  # per MoE layer
-    pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # FLOP eff at mean chunk = 4*2**knot
+    # FLOP efficiency at mean keys per query row (chunk + cached context) = 4*2**knot: a thread
+    # block's loop over key blocks amortises its prologue/epilogue, whatever the chunk length
+    pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
     pattn_seq: float = 0.0  # per prefill chunk per layer
     pattn_crit_eff: float = 1.0  # one SM's FLOP efficiency on the last 128-row block (critical path)
+    # softmax work per query-key score (exp on the special-function units, max/sum/scale), in
+    # tensor-core FLOP equivalents: it does not shrink with the head dim as the matmuls do
+    pattn_score: float = 0.0
     pattn_launch: float = 0.0  # per layer when any prefill
     dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
     dattn_seq: float = 0.0  # per wave of decode thread blocks (seqs x kv heads / sms) per layer
@@ -75,6 +81,12 @@ class Coeffs:
     step_overhead: float = 0.0  # per step (scheduler, launch, python)
     seq_overhead: float = 0.0  # per sequence in the step (input prep, sampling)
     scale: float = 1.0  # calibration multiplier on the whole step
+    # Benchmark-only (never read by StepCostModel): isolated-kernel benchmarks re-run one kernel,
+    # so data that fits in L2 is read at L2 speed; a step streams every layer and reads cold.
+    # Read rate of L2-resident data as a multiple of the cold (DRAM) rate, fitted per GPU on the
+    # warm benchmark rows so that the cold efficiencies above are not biased by them.
+    gemm_l2_bw: float = 1.0
+    dattn_l2_bw: float = 1.0
 
 
 def _interp_log2(m: float, table: tuple[float, ...]) -> float:
@@ -92,6 +104,19 @@ def _interp_log2(m: float, table: tuple[float, ...]) -> float:
 def ar_index(n: int) -> int:
     """Coefficient slot for an all-reduce over ``n`` GPUs: 2 -> 0, 4 -> 1, 8+ -> 2."""
     return min(max(int(n).bit_length() - 2, 0), 2)
+
+
+def split_kv(sms: int, seqs: float, heads: int, max_q: float, ctx: float) -> float:
+    """Split-KV factor of vLLM's varlen flash-attention call (FA2 ``num_splits_heuristic``):
+    with a paged KV cache it runs 64-row query blocks, and when ``seqs x heads x blocks``
+    covers less than 80% of the SMs it splits each sequence's keys (blocks of 128) so that about
+    one wave of thread blocks fills the GPU: a few decodes next to a short chunk stream their KV
+    over several SMs each. ``fit.mixed_splits`` is the vectorised mirror."""
+    bhm = seqs * heads * math.ceil(max(max_q, 1.0) / 64.0)
+    if bhm >= 0.8 * sms:
+        return 1.0
+    splits = min(math.floor(sms / max(bhm, 1.0)), math.ceil(ctx / 128.0), 128.0)
+    return max(splits, 1.0)
 
 
 @dataclass(slots=True)
@@ -125,11 +150,17 @@ class StepCostModel:
         L = arch.num_layers
         self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
         self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
-        self._pattn_flop = L * 4.0 * arch.q_dim / tp / self._attn_peak
         # flash-attention thread blocks: 128 query rows of one head; the last block of a chunk
         # attends to the whole context (its FLOPs on one SM are the critical path)
         self._heads_gpu = max(arch.num_heads // tp, 1)
-        self._pattn_crit = L * 4.0 * arch.head_dim * ATTN_TILE * gpu.sms / self._attn_peak
+        score = coeffs.pattn_score  # per query-key score and head, on top of 4 x head_dim FLOPs
+        self._pattn_flop = L * (4.0 * arch.q_dim / tp + score * self._heads_gpu) / self._attn_peak
+        self._pattn_crit = L * (4.0 * arch.head_dim + score) * ATTN_TILE * gpu.sms / self._attn_peak
+        # a prefill chunk's own traffic: Q, K, V read, K, V written to the paged cache and read
+        # back by the kernel, O written (short chunks of many-KV-head models are memory bound:
+        # FLOPs per byte grow only with the chunk length)
+        io_tok = (6 * self._kv_heads_gpu + 2 * self._heads_gpu) * arch.head_dim * arch.kv_bytes
+        self._pattn_io = L * io_tok / (gpu.mem_bw * coeffs.dattn_mem_eff)
         self._dec_waves = self._kv_heads_gpu / gpu.sms  # decode thread-block waves per sequence
         self._head_bytes = 2.0 * arch.head_dim * arch.kv_bytes  # K+V of one token, one head
 
@@ -230,12 +261,14 @@ class StepCostModel:
         of fewer blocks than SMs (few heads, short batch) cannot go faster than that block."""
         c = self.c
         chunk = s.prefill_tokens / s.prefill_seqs
-        eff = _interp_log2(chunk / 4.0, c.pattn_eff)
+        keys = chunk + s.prefill_ctx / s.prefill_seqs  # what the last query row attends to
+        eff = _interp_log2(keys / 4.0, c.pattn_eff)
         flops_t = s.prefill_attn * self._pattn_flop / eff
-        crit = (chunk + s.prefill_ctx / s.prefill_seqs) * self._pattn_crit / c.pattn_crit_eff
+        crit = keys * self._pattn_crit / c.pattn_crit_eff
+        io = s.prefill_tokens * self._pattn_io
         ctx_t = s.prefill_ctx * self._pctx_slope
         per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs)
-        return (flops_t if flops_t > crit else crit) + ctx_t + per
+        return max(flops_t, crit, io) + ctx_t + per
 
     def decode_fixed(self, seqs: int) -> float:
         """Decode-attention cost independent of context length."""
@@ -246,17 +279,21 @@ class StepCostModel:
 
     def mixed_decode_time(self, s: BatchStats) -> float:
         """Decode rows of a mixed batch, per step (all layers). One thread block per decode
-        sequence and query head streams that sequence's KV: waves of ``sms`` blocks at a
-        per-SM rate, or the DRAM traffic of the per-head reads (query heads of one KV group
-        share reads through L2 only while their blocks run together), whichever is longer;
+        sequence and query head streams that sequence's KV (split over several SMs when the
+        grid is small, ``split_kv``): waves of ``sms`` blocks at a per-SM rate, or the DRAM
+        traffic of the per-head reads (query heads of one KV group share reads through L2 only
+        while their blocks run together), whichever is longer;
         plus the empty blocks the grid holds (``ceil(max query len / 128)`` per sequence)."""
         c, g = self.c, self.gpu
         nd = s.decode_seqs
         ctas = nd * self._heads_gpu
         waves = ctas / g.sms if ctas > g.sms else 1.0
         ctx = s.decode_ctx / nd
-        stream = waves * (c.mix_cta + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff))
-        m_blocks = math.ceil(s.prefill_tokens / s.prefill_seqs / ATTN_TILE)
+        chunk = s.prefill_tokens / s.prefill_seqs
+        split = split_kv(g.sms, nd + s.prefill_seqs, self._heads_gpu, chunk, ctx)
+        stream = waves * (c.mix_cta
+                          + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff * split))
+        m_blocks = math.ceil(chunk / ATTN_TILE)
         group = self._heads_gpu / self._kv_heads_gpu
         reuse = g.sms / (m_blocks * (nd + s.prefill_seqs))
         reuse = group if reuse > group else (reuse if reuse > 1.0 else 1.0)

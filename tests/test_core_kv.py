@@ -1,5 +1,6 @@
 """KV cache: allocation, prefix reuse, LRU eviction, pins, host tier, conservation."""
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,46 @@ def test_check_catches_a_lost_or_double_owned_block():
     kv._free_top += 1
     with pytest.raises(AssertionError, match="states"):
         kv.check([r])
+
+
+private_ops = st.lists(st.tuples(st.sampled_from(["alloc", "free", "preempt", "pin"]),
+                                 st.integers(0, 4), st.integers(1, 60)), max_size=50)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=private_ops, bs=st.sampled_from([1, 4, 16]), blocks=st.integers(16, 64))
+def test_private_free_fast_path_matches_the_general_one(ops, bs, blocks):
+    """``free`` of private content skips the masks of the general release; the cache must end
+    in the same state either way: same free stack, same LRU order, refs and hashes, and the
+    same own hits after a preemption (pins force the general path part of the time)."""
+    caches = [KVCache(blocks, bs), KVCache(blocks, bs)]
+    caches[1]._free_own = lambda req, arr: False  # the general path only
+    live: list[dict[int, object]] = [{}, {}]
+    t = 0.0
+    for op, slot, n in ops:
+        t += 1.0
+        for kv, reqs in zip(caches, live):
+            r = reqs.get(slot)
+            if op == "alloc":
+                if r is None:
+                    r = reqs[slot] = _private(slot, 200)
+                    kv.acquire_hits(r, kv.lookup(r))
+                total = min(r.num_computed + n, 200)
+                if kv.allocate(r, total):
+                    r.num_computed = total
+            elif op in ("free", "preempt") and r is not None:
+                kv.free(r, may_return=op == "preempt")
+                r.num_computed = 0
+                if op == "free":
+                    del reqs[slot]
+            elif op == "pin" and r is not None and r.blocks:
+                kv.pin(r.blocks[: n % 3 + 1], expiry=t + n % 4)
+            kv.expire_pins(t)
+        a, b = caches
+        assert a.free_plain == b.free_plain and a.cached == b.cached
+        assert np.array_equal(a.ref, b.ref) and np.array_equal(a.has_hash, b.has_hash)
+        assert np.array_equal(a.block_hash[a.has_hash], b.block_hash[b.has_hash])
+        for ra, rb in zip(live[0].values(), live[1].values()):
+            if not ra.blocks:
+                assert a.lookup(ra) == b.lookup(rb)
+        a.check([r for r in live[0].values() if r.blocks])

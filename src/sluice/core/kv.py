@@ -316,11 +316,37 @@ class KVCache:
             self._release(blocks[::-1])
         else:  # one conversion serves both
             arr = np.array(blocks, dtype=np.int64)
-            self._register(req, arr)
-            self._release_array(arr[::-1])
+            if not (req.content.private and self.prefix_caching and self._free_own(req, arr)):
+                self._register(req, arr)
+                self._release_array(arr[::-1])
         req.blocks = []
         req.own_blocks = blocks if may_return and req.content.private else None
         self.hashed_count.pop(req.id, None)
+
+    def _free_own(self, req: Request, arr: np.ndarray) -> bool:
+        """``free`` of private content that nobody else holds (the usual end of a replayed
+        request), without masks: its hashed blocks are exactly its first ``num_computed //
+        block_size`` (own hits and what is stamped now; later blocks were taken hash-free), so
+        in release order (tail first) the unhashed tail goes to the free stack and the rest,
+        last first, to the LRU — what ``_release_array`` does with masks. False (nothing
+        changed) when another holder (a pin) shares a block."""
+        ref = self.ref
+        n_full = req.num_computed // self.block_size
+        done = self.hashed_count.get(req.id, 0)
+        if done > n_full or np.count_nonzero(ref[arr] - 1):
+            return False
+        if n_full > done:
+            stamped = arr[done:n_full]
+            self.block_hash[stamped] = _stamps(req, done, n_full)
+            self.has_hash[stamped] = True
+        ref[arr] = 0
+        if n_full:
+            self.lru.push(arr[n_full - 1::-1])
+        plain = arr[n_full:][::-1]
+        top = self._free_top
+        self._free_stack[top: top + len(plain)] = plain
+        self._free_top = top + len(plain)
+        return True
 
     def _release(self, blocks: list[int]) -> None:
         """One reference less on each of ``blocks`` (distinct, in release order)."""

@@ -10,7 +10,6 @@ that describe a simulated deployment (``gpu``, ``tp``) are ``None`` here.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -126,6 +125,8 @@ def bench_summary(args: argparse.Namespace):
             stats = await sampler.stop()
         return run, stats
 
+    import asyncio  # here, not at the top: every `sluice` command builds this parser
+
     run, stats = asyncio.run(go())
     summary = summarize(run.records, run.itls, goodput or None)
     summary.update(stats.summary_keys())
@@ -138,6 +139,8 @@ def bench_summary(args: argparse.Namespace):
 
 
 def _model_of(base_url: str, api_key: str, fetch) -> tuple[str | None, int | None]:
+    import asyncio
+
     import httpx
 
     try:

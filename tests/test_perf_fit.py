@@ -48,7 +48,10 @@ def test_vectorised_attention_matches_runtime(pm) -> None:
     heads, kvh = a.num_heads // 2, a.num_kv_heads // 2
     for ps, n, ctx, ds, dctx in [(1, 512, 0, 0, 0), (2, 100, 300, 0, 0), (0, 0, 0, 64, 900),
                                  (1, 256, 1024, 32, 2000), (1, 16, 8192, 1, 16384),
-                                 (1, 2048, 0, 128, 16), (1, 40, 0, 3, 100)]:
+                                 (1, 2048, 0, 128, 16), (1, 40, 0, 3, 100),
+                                 # one wave of blocks (side by side); KV past L2 (no head reuse)
+                                 (1, 16, 0, 1, 8000), (1, 64, 4096, 4, 3000),
+                                 (1, 100, 0, 200, 4000)]:
         t = _table(p_seqs=[ps], p_new=[n], p_ctx=[ctx], d_seqs=[ds], d_ctx=[dctx], heads=[heads],
                    kv_heads=[kvh], head_dim=[a.head_dim])
         s = BatchStats(prefill_tokens=ps * n, prefill_seqs=ps,
@@ -56,7 +59,7 @@ def test_vectorised_attention_matches_runtime(pm) -> None:
                        decode_seqs=ds, decode_ctx=ds * dctx)
         runtime = pm.prefill_attn_time(s) if ps else 0.0
         if ds and ps:  # one varlen kernel: decode rows priced as blocks per query head
-            runtime += pm.mixed_decode_time(s)
+            runtime += pm.mixed_decode_time(s, runtime)
         elif ds:
             runtime += pm.decode_fixed(ds) + pm._dec_slope * s.decode_ctx
         assert vec_attn(pm.gpu, pm.c, t)[0] * L == pytest.approx(runtime, rel=1e-9)
@@ -141,3 +144,19 @@ def test_split_kv_mirror_matches_runtime() -> None:
         assert mixed_splits(sms, np.array([seqs]), np.array([heads]), np.array([q]),
                             np.array([ctx]))[0] == want
     assert split_kv(188, 2, 32, 16, 8192) > 1.0 and split_kv(188, 129, 32, 16, 8192) == 1.0
+
+
+def test_unmeasured_gpu_takes_a_die_mate_run_the_same_way() -> None:
+    from sluice.perf.fit import prior_key
+    from sluice.perf.fitted import fitted_coeffs
+    from sluice.perf.hardware import GPUS
+
+    assert fitted_coeffs(GPUS["h200"])[1].startswith("prior:die:GH100@")
+    assert fitted_coeffs(GPUS["h100-pcie"])[1].startswith("prior:die:GH100@")
+    assert fitted_coeffs(GPUS["a100-40g"])[1].startswith("prior:die:GA100@")
+    # GeForce AD102 (half-rate FP32 accumulate: half the BF16 peak per SM) is no donor for L40S
+    rtx = GPUS["rtx-4090"]
+    pri = {f"die:AD102@{rtx.flops_bf16 / rtx.sms:.4g}": None, "ada": None, "default": None}
+    assert prior_key(GPUS["l40s"], pri) == "ada"
+    assert prior_key(GPUS["l40s"], {"default": None}) == "default"
+    assert prior_key(GPUS["h200"], {"nvlink": None, "default": None}, "allreduce") == "nvlink"

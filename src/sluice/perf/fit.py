@@ -277,13 +277,16 @@ def bench_copies(source: np.ndarray, op: str) -> np.ndarray:
     return np.array([BENCH_COPIES.get(str(x), {}).get(op, 0) for x in source], dtype=np.float64)
 
 
-def bench_warm(g: GPUSpec, copies: np.ndarray | None, working_set: np.ndarray) -> np.ndarray:
-    """1 where a benchmark row's data stays resident in L2 across its timed re-runs, else 0.
-    Only for pricing isolated-kernel benchmark rows (fit and validation); the runtime
-    (``StepCostModel``) streams every layer's weights and KV through L2 and stays cold."""
+def bench_warm(g: GPUSpec, copies: np.ndarray | None, working_set: np.ndarray,
+               shared: np.ndarray | float = 0.0) -> np.ndarray:
+    """1 where a benchmark row's data stays resident in L2 across its timed re-runs, else 0:
+    ``copies`` copies of ``working_set`` plus the ``shared`` data all copies read (the GEMM
+    collector feeds one input tensor to its 6 layers). Only for pricing isolated-kernel
+    benchmark rows (fit and validation); the runtime (``StepCostModel``) streams every layer's
+    weights and KV through L2 and stays cold."""
     if copies is None or not g.l2_bytes:
         return np.zeros(np.shape(working_set))
-    return ((copies > 0) & (copies * working_set <= g.l2_bytes)) * 1.0
+    return ((copies > 0) & (copies * working_set + shared <= g.l2_bytes)) * 1.0
 
 
 # ---- vectorised mirrors of the runtime formulas ---------------------------------------------
@@ -294,10 +297,10 @@ def _eff(m: np.ndarray, table: tuple[float, ...]) -> np.ndarray:
 
 def vec_gemm(g: GPUSpec, c: Coeffs, m, n, k, wb: int = 2, copies=None) -> np.ndarray:
     """``copies``: benchmark rows' L2 condition (``bench_copies``); None = cold, as at runtime."""
-    t_c = 2.0 * m * n * k / (g.flops_bf16 * _eff(m, c.gemm_eff))
+    t_c = 2.0 * m * n * (k + c.gemm_k0) / (g.flops_bf16 * _eff(m, c.gemm_eff))
     t_m = (n * k * wb + 2.0 * m * (n + k)) / (g.mem_bw * c.gemm_mem_eff)
     if copies is not None:
-        warm = bench_warm(g, copies, n * k * wb + 2.0 * m * n)
+        warm = bench_warm(g, copies, n * k * wb + 2.0 * m * n, 2.0 * m * k)
         t_m = t_m * (1.0 - warm + warm / c.gemm_l2_bw)
     return np.maximum(t_c, t_m) + c.gemm_launch
 
@@ -335,6 +338,9 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     group = heads / t["kv_heads"]
     reuse = np.clip(g.sms / np.maximum(m_blocks * (nd + p_seqs), 1.0), 1.0, group)
     ctx_d = t["d_ctx"]
+    ws = nd * ctx_d * head_bytes  # one KV head's KV of all decode sequences (L2 reuse across heads)
+    hit = np.where(ws > g.l2_bytes, g.l2_bytes / np.maximum(ws, 1.0), 1.0)
+    reuse = np.maximum(reuse, 1.0 + (group - 1.0) * hit)
     copies = t.cols.get("l2_copies")
     warm = bench_warm(g, copies, nd * ctx_d * kv_tok)
     io_tok = (6.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0  # see StepCostModel._pattn_io
@@ -356,7 +362,9 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "m_stream": ctx_d * head_bytes * g.sms / g.mem_bw,
             "m_split": mixed_splits(g.sms, nd + p_seqs, heads, n, ctx_d),
             "m_dram": nd * ctx_d * heads * head_bytes / (reuse * g.mem_bw),
-            "m_empty": np.maximum(m_blocks - 1.0, 0.0) * ctas / g.sms}
+            "m_empty": np.maximum(m_blocks - 1.0, 0.0) * ctas / g.sms,
+            # all busy blocks (64-row prefill query blocks + decode blocks) fit in one wave
+            "m_one_wave": (p_seqs * heads * np.ceil(n / 64.0) + ctas <= g.sms) * 1.0}
 
 
 def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -378,6 +386,8 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     stream = f["m_waves"] * (c.mix_cta + f["m_stream"] / (c.mix_sm_eff * f["m_split"]))
     mdec = np.maximum(stream, f["m_dram"] / c.mix_bw_eff) * mult + f["m_empty"] * c.mix_empty \
         + c.mix_dseq * f["nd"]
+    one = f["m_one_wave"]  # side by side: the longer of the two, else the decode blocks queue
+    mdec = one * np.maximum(mdec - pre, 0.0) + (1.0 - one) * mdec
     return pre + dec + mdec * mix
 
 
@@ -472,12 +482,15 @@ def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, l
     eff_grid = np.geomspace(0.005, 1.3, 60)
     c = _search_level(c, curve, eff_grid, f)
     warm_rows = op == "gemm" and bool(bench_warm(g, t.cols.get("l2_copies"),
-                                                  t["n"] * t["k"] * 2.0 + 2.0 * t["m"] * t["n"]).any())
+                                                  t["n"] * t["k"] * 2.0 + 2.0 * t["m"] * t["n"],
+                                                  2.0 * t["m"] * t["k"]).any())
     for _ in range(3):
         c = _search(c, mem, None, np.linspace(0.3, 1.2, 46), f)
         c = _search(c, launch, None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), f)
         if warm_rows:
             c = _search(c, "gemm_l2_bw", None, np.geomspace(1.0, 5.0, 41), f)
+        if op == "gemm":
+            c = _search(c, "gemm_k0", None, np.concatenate([[0.0], np.geomspace(16.0, 4096.0, 33)]), f)
         for i in range(len(_LOG2_KNOTS)):
             c = _search(c, curve, i, eff_grid, f)
         c = _replace(c, **{curve: _monotone(getattr(c, curve))})
@@ -601,7 +614,7 @@ def measured_gpus(tables: dict[str, Table]) -> list[str]:
     return sorted({str(x) for t in tables.values() for x in t["gpu"]})
 
 
-_GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch"),
+_GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch", "gemm_k0"),
            "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
            "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "pattn_crit_eff", "pattn_score", "dattn_mem_eff",
                     "dattn_seq", "dattn_launch"),
@@ -626,11 +639,23 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
     return has
 
 
+def _die_key(g: GPUSpec) -> str:
+    """``die:<die>@<BF16 peak per SM>``: a prior key that says which silicon, run which way."""
+    return f"die:{g.die}@{g.flops_bf16 / g.sms:.4g}"
+
+
 def _priors(fitted: dict[str, Coeffs], start: Coeffs) -> dict[str, Coeffs]:
-    """Median coefficients per architecture family and per interconnect (nvlink / pcie)."""
+    """Median coefficients per die (``die:GH100@...``, one measured GPU is enough: a product of
+    the same silicon differs only in the spec numbers), per architecture family with at least
+    two measured GPUs (one GPU is not a family median), per interconnect (nvlink / pcie) and
+    overall (``default``)."""
     priors = {"default": prior_from(fitted, start)}
     for fam in sorted({GPUS[g].arch for g in fitted}):
-        priors[fam] = prior_from({g: c for g, c in fitted.items() if GPUS[g].arch == fam}, start)
+        members = {g: c for g, c in fitted.items() if GPUS[g].arch == fam}
+        if len(members) >= 2:
+            priors[fam] = prior_from(members, start)
+    for key in sorted({_die_key(GPUS[g]) for g in fitted if GPUS[g].die}):
+        priors[key] = prior_from({g: c for g, c in fitted.items() if _die_key(GPUS[g]) == key}, start)
     for link, flag in (("nvlink", True), ("pcie", False)):
         members = {g: c for g, c in fitted.items() if GPUS[g].nvlink == flag}
         if members:
@@ -638,12 +663,29 @@ def _priors(fitted: dict[str, Coeffs], start: Coeffs) -> dict[str, Coeffs]:
     return priors
 
 
+def prior_key(g: GPUSpec, priors: dict[str, Any], op: str = "") -> str:
+    """Which prior an unmeasured GPU (or operator class) takes: all-reduce by interconnect;
+    otherwise a measured GPU of the same die whose tensor cores run the same way (BF16 peak
+    per SM within 25%: clock bins differ by less; GeForce AD102 runs FP32-accumulate at half
+    rate, 165 vs 362 TFLOPS for the L40S on nearly as many SMs, so the RTX 4090 is no donor
+    for the L40S), else its family's median, else all GPUs'. ``fitted.fitted_coeffs`` mirrors
+    this on ``coeffs.json``."""
+    if op == "allreduce":
+        key = "nvlink" if g.nvlink else "pcie"
+        return key if key in priors else "default"
+    per_sm = g.flops_bf16 / g.sms
+    for key in priors:
+        if key.startswith(f"die:{g.die}@") and 0.8 <= per_sm / float(key.split("@")[1]) <= 1.25:
+            return key
+    return g.arch if g.arch in priors else "default"
+
+
 def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = None
             ) -> tuple[dict[str, Coeffs], dict[str, Coeffs]]:
     """Per-GPU fits and per-architecture-family priors (``default`` = all GPUs).
 
     Operator classes a GPU has no rows for are taken from the prior of the GPUs that do
-    (the family's when it has one), not from the built-in guess."""
+    (``prior_key``: same die, else family, else all), not from the built-in guess."""
     gpus = [g for g in measured_gpus(tables) if g != exclude_gpu]
     fitted = {g: fit_gpu(tables, g, start) for g in gpus}
     has = {g: ops_measured(tables, g) for g in gpus}
@@ -656,8 +698,7 @@ def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = N
             pri = group_priors[op]
             if op in has[g] or not pri:
                 continue
-            key = ("nvlink" if GPUS[g].nvlink else "pcie") if op == "allreduce" else GPUS[g].arch
-            src = pri.get(key, pri["default"])
+            src = pri[prior_key(GPUS[g], pri, op)]
             fitted[g] = _replace(fitted[g], **{n: getattr(src, n) for n in names})
     return fitted, _priors(fitted, start)
 

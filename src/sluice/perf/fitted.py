@@ -4,8 +4,9 @@ Why efficiencies and not per-model tables: an efficiency (fraction of the GPU's 
 bandwidth that a kernel reaches at a given size) transfers across models, because a model only
 changes the GEMM shapes and head counts; so one fit per GPU prices every Llama/Qwen/Mistral/
 Mixtral-style model with no profiling. ``sluice perf fit`` (fit.py) writes
-``sluice/data/perf/coeffs.json``: one entry per measured GPU plus a ``prior`` per architecture
-family (the mean of the measured GPUs) used for GPUs never measured (H200, B200, RTX ...).
+``sluice/data/perf/coeffs.json``: one entry per measured GPU plus priors (the median of the
+measured GPUs of one die, of one architecture family with two or more, or of all) used for GPUs
+never measured (H200 takes H100's die, GH100; B200 the all-GPU median).
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ def _table() -> dict[str, Any]:
 
 
 def fitted_coeffs(gpu: GPUSpec, table: dict[str, Any] | None = None) -> tuple[Coeffs, str]:
-    """Coefficients for ``gpu`` and where they came from ("measured:<gpu>", "prior:<arch>")."""
+    """Coefficients for ``gpu`` and where they came from ("measured:<gpu>", "prior:die:<die>",
+    "prior:<arch>", "prior:default")."""
     t = _table() if table is None else table
     gpus = t.get("gpus", {})
     if gpu.name in gpus:
         return coeffs_from_dict(gpus[gpu.name], f"coeffs.json gpus.{gpu.name}"), f"measured:{gpu.name}"
     priors = t.get("priors", {})
-    fam = gpu.arch if gpu.arch in priors else "default"
+    # a measured GPU of the same die run the same way, else the family median, else all
+    # GPUs' (the rule and its reasons: ``fit.prior_key``)
+    per_sm = gpu.flops_bf16 / max(gpu.sms, 1)
+    fam = next((k for k in priors if k.startswith(f"die:{gpu.die}@")
+                and 0.8 <= per_sm / float(k.split("@")[1]) <= 1.25),
+               gpu.arch if gpu.arch in priors else "default")
     if fam not in priors:
         return PRIOR, "prior:builtin"
     c = coeffs_from_dict(priors[fam], f"coeffs.json priors.{fam}")

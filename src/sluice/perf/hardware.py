@@ -37,6 +37,14 @@ Sources (checked 2026):
   AD102), A40 6 MB (Ampere GA102 whitepaper), RTX 4090 72 MB (Ada whitepaper appendix: 73,728
   KB), RTX PRO 6000 Blackwell 128 MB (RTX Blackwell whitepaper: GB202). B200: not in its
   datasheet, left 0 (= never warm).
+* Die (``die``, the silicon a product is cut from; a GPU without measurements takes the
+  coefficients of a measured GPU of the same die, whose clock, bandwidth and SM differences are
+  already in these spec numbers): A100 40/80 GB GA100 (A100 architecture whitepaper), H100
+  SXM5 / PCIe and H200 GH100 (H100 architecture whitepaper; H200 datasheet: the same Hopper
+  GPU with HBM3e), B200 GB100 (Blackwell architecture technical brief: two reticle-sized
+  dies), L40S and RTX 4090 AD102 (Ada Lovelace architecture whitepaper; L40S datasheet), A40
+  GA102 (A40 datasheet / Ampere GA102 whitepaper), RTX PRO 6000 Blackwell GB202 (RTX
+  Blackwell GPU architecture whitepaper).
 * cpu: a rough figure for the torch engine on a small shared x86 host (a few AVX2 cores).
 """
 
@@ -64,6 +72,7 @@ class GPUSpec:
     arch: str  # "ampere", "ada", "hopper", "blackwell", "cpu"
     sms: int = 1  # streaming multiprocessors (thread blocks run in waves of ``sms``)
     l2_bytes: int = 0  # last-level cache; benchmark pricing only (the runtime reads cold)
+    die: str = ""  # silicon (GA100, GH100, AD102, ...): which measured GPU's coefficients transfer
 
 
 def _gib(x: float) -> int:
@@ -75,20 +84,27 @@ def _mb(x: float) -> int:
 
 
 GPUS: dict[str, GPUSpec] = {
-    "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere", 108, _mb(40)),
-    "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere", 108, _mb(40)),
-    "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper", 132, _mb(50)),
+    "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere", 108,
+                        _mb(40), die="GA100"),
+    "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere", 108,
+                        _mb(40), die="GA100"),
+    "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper", 132,
+                    _mb(50), die="GH100"),
     "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper", 114,
-                         _mb(50)),
-    "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper", 132, _mb(50)),
-    "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell", 148),
-    "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada", 142, _mb(96)),
-    "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere", 84, _mb(6)),
+                         _mb(50), die="GH100"),
+    "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper", 132,
+                    _mb(50), die="GH100"),
+    "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell", 148,
+                    die="GB100"),
+    "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada", 142, _mb(96),
+                    die="AD102"),
+    "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere", 84, _mb(6),
+                   die="GA102"),
     "rtx-4090": GPUSpec("rtx-4090", 165.2e12, 330.3e12, 1.008e12, 25_250_627_584, 25e9, 25e9, False, "ada", 128,
-                        _mb(72)),
+                        _mb(72), die="AD102"),
     "rtx-pro-6000": GPUSpec("rtx-pro-6000", 503.8e12, 1007.6e12, 1.792e12, _gib(94.97), 50e9, 50e9, False,
-                            "blackwell", 188, _mb(128)),
-    "cpu": GPUSpec("cpu", 0.2e12, 0.0, 20e9, _gib(16), 10e9, 10e9, False, "cpu", 8),
+                            "blackwell", 188, _mb(128), die="GB202"),
+    "cpu": GPUSpec("cpu", 0.2e12, 0.0, 20e9, _gib(16), 10e9, 10e9, False, "cpu", 8, die="cpu"),
 }
 
 ALIASES: dict[str, str] = {

@@ -10,8 +10,9 @@ kernels; a calibration rescales the result. Keeping one code path is what makes
 Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
 
 * dense GEMMs (qkv, o, gate/up, down, lm_head) for ``T`` tokens: ``max(flops/(P*e(T)),
-  bytes/(BW*e_mem)) + launch``; ``e(T)`` is piecewise-linear in log2(T) (small-M GEMMs cannot
-  fill the tensor cores);
+  bytes/(BW*e_mem)) + launch``, the flops counting a per-tile prologue/epilogue
+  (``gemm_k0``); ``e(T)`` is piecewise-linear in log2(T) (small-M GEMMs cannot fill the
+  tensor cores);
 * MoE: routed-expert FLOPs for ``T*top_k`` token-expert pairs and the weights of the experts
   touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
 * attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus a softmax cost per
@@ -19,7 +20,9 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
   at least the critical path of the last 128-row block and the chunk's own Q/K/V/O and
   KV-cache traffic, plus KV read of the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer and per
   thread-block-wave costs; in a mixed prefill+decode step the decode rows run one block per
-  query head without GQA packing, split-KV only when the grid is small (``mixed_decode_time``);
+  query head without GQA packing, split-KV only when the grid is small, heads reusing KV
+  through L2 while it fits, side by side with the prefill blocks when all fit in one wave
+  (``mixed_decode_time``);
 * norms / rotary / activation as bytes moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
 * per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
@@ -47,6 +50,10 @@ class Coeffs:
     gemm_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff at M=2**knot
     gemm_mem_eff: float = 1.0
     gemm_launch: float = 0.0  # per GEMM call
+    # per output element, in multiply-adds of K: a thread block's prologue/epilogue (pipeline
+    # fill, accumulator write-out) is paid once per output tile whatever K is, so short-K
+    # GEMMs reach a lower fraction of peak than long-K ones of the same M
+    gemm_k0: float = 0.0
     moe_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)  # compute eff vs token-expert pairs/expert
     moe_mem_eff: float = 1.0
     moe_launch: float = 0.0  # per MoE layer
@@ -186,7 +193,7 @@ class StepCostModel:
             return 0.0
         c = self.c
         wb = self.arch.weight_bytes
-        flops = 2.0 * m * n * k
+        flops = 2.0 * m * n * (k + c.gemm_k0)
         eff = _interp_log2(m, c.gemm_eff)
         t_c = flops / (self._peak * eff)
         t_m = (n * k * wb + 2.0 * m * (n + k)) / (self.gpu.mem_bw * c.gemm_mem_eff)
@@ -277,31 +284,52 @@ class StepCostModel:
         c = self.c
         return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs * self._dec_waves) * c.scale
 
-    def mixed_decode_time(self, s: BatchStats) -> float:
-        """Decode rows of a mixed batch, per step (all layers). One thread block per decode
-        sequence and query head streams that sequence's KV (split over several SMs when the
-        grid is small, ``split_kv``): waves of ``sms`` blocks at a per-SM rate, or the DRAM
-        traffic of the per-head reads (query heads of one KV group share reads through L2 only
-        while their blocks run together), whichever is longer;
-        plus the empty blocks the grid holds (``ceil(max query len / 128)`` per sequence)."""
+    def mixed_decode_time(self, s: BatchStats, pre: float) -> float:
+        """What the decode rows add to a mixed batch's attention, per step (all layers), given
+        ``pre`` = ``prefill_attn_time(s)``. One thread block per decode sequence and query head
+        streams that sequence's KV (split over several SMs when the grid is small,
+        ``split_kv``): waves of ``sms`` blocks at a per-SM rate, or the DRAM traffic of the
+        per-head reads, whichever is longer; plus the empty blocks the grid holds
+        (``ceil(max query len / 128)`` per sequence).
+
+        DRAM traffic: the query heads of one KV group read the same KV. The grid runs query
+        block fastest, then sequence, then head, so heads share a read directly only while
+        their blocks are resident together (``sms / blocks per head`` heads at a time), and
+        otherwise through L2 when one KV head's KV of all decode sequences is still there when
+        the next head comes round (hit fraction ``l2_bytes / working set``, capped at 1).
+
+        Overlap: the varlen kernel runs prefill and decode blocks in one grid. When all busy
+        blocks (prefill: ``ceil(chunk / 64)`` 64-row query blocks per sequence and head, the
+        split kernel's tile; decode: one per sequence and head) fit on the SMs at once, they
+        run side by side and the step's attention is the longer of the two; otherwise blocks
+        queue behind each other and the decode blocks add their time."""
         c, g = self.c, self.gpu
         nd = s.decode_seqs
-        ctas = nd * self._heads_gpu
+        heads = self._heads_gpu
+        ctas = nd * heads
         waves = ctas / g.sms if ctas > g.sms else 1.0
         ctx = s.decode_ctx / nd
         chunk = s.prefill_tokens / s.prefill_seqs
-        split = split_kv(g.sms, nd + s.prefill_seqs, self._heads_gpu, chunk, ctx)
+        split = split_kv(g.sms, nd + s.prefill_seqs, heads, chunk, ctx)
         stream = waves * (c.mix_cta
                           + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff * split))
         m_blocks = math.ceil(chunk / ATTN_TILE)
-        group = self._heads_gpu / self._kv_heads_gpu
+        group = heads / self._kv_heads_gpu
         reuse = g.sms / (m_blocks * (nd + s.prefill_seqs))
         reuse = group if reuse > group else (reuse if reuse > 1.0 else 1.0)
-        dram = s.decode_ctx * self._heads_gpu * self._head_bytes / (reuse * g.mem_bw * c.mix_bw_eff)
+        ws = s.decode_ctx * self._head_bytes  # one KV head's KV of all decode sequences
+        hit = g.l2_bytes / ws if ws > g.l2_bytes else 1.0
+        hit = 1.0 + (group - 1.0) * hit
+        reuse = hit if hit > reuse else reuse
+        dram = s.decode_ctx * heads * self._head_bytes / (reuse * g.mem_bw * c.mix_bw_eff)
         mult = _interp_log2(nd, c.mix_dec_factor)
         t = (stream if stream > dram else dram) * mult + (m_blocks - 1) * ctas / g.sms * c.mix_empty \
             + c.mix_dseq * nd
-        return self.num_layers * t * c.scale
+        dec = self.num_layers * t * c.scale
+        if s.prefill_seqs * heads * math.ceil(chunk / 64.0) + ctas <= g.sms:  # one wave: side by side
+            pre = pre * c.scale
+            return dec - pre if dec > pre else 0.0
+        return dec
 
     # ---- PerfModel ------------------------------------------------------------------------
     def step_time(self, stats: BatchStats) -> float:
@@ -313,7 +341,7 @@ class StepCostModel:
         pre = self.prefill_attn_time(stats) if stats.prefill_seqs else 0.0
         base = (fixed + pre) * self.c.scale
         if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more
-            dec = self.mixed_decode_time(stats)
+            dec = self.mixed_decode_time(stats, pre)
         else:
             dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
         return base + dec  # swaps are priced by the executor with swap_time (may overlap)

@@ -29,7 +29,7 @@ import numpy as np
 
 from sluice.perf.fit import (MEASURED, Table, _GROUPS, _priors, _replace, fit_gpu, load_tables,
                              vec_attn, vec_gemm,
-                             measured_gpus, ops_measured, predict, split_key)
+                             measured_gpus, ops_measured, predict, prior_key, split_key)
 from sluice.perf.fitted import PRIOR, coeffs_path
 from sluice.perf.hardware import GPUS
 from sluice.perf.roofline import Coeffs
@@ -80,8 +80,7 @@ def _fill(raw: dict[str, Coeffs], has: dict[str, set[str]], exclude: str | None 
             if not donors:
                 continue
             pri = _priors(donors, PRIOR)
-            key = ("nvlink" if GPUS[g].nvlink else "pcie") if op == "allreduce" else GPUS[g].arch
-            src = pri.get(key, pri["default"])
+            src = pri[prior_key(GPUS[g], pri, op)]
             out[g] = _replace(out[g], **{n: getattr(src, n) for n in names})
     return out
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sluice.errors import ConfigError, TraceError
 from sluice.workload.stats import trace_stats
@@ -127,3 +129,26 @@ def test_unknown_name_and_missing_file():
         Trace("/nonexistent/trace.csv")
     with pytest.raises(TraceError, match="ROLE=COLUMN"):
         parse_columns("arrival")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.tuples(*[st.sampled_from(["12", "0", "007", "3", " 12", "+3", "12.0", "1.5", "-1", "x",
+                                    "\u0663", "", "1_000"])] * 2))
+def test_token_counts_read_alike_on_the_fast_and_the_general_path(values):
+    """Plain digit strings skip the general parser; both paths agree on every value: the
+    same lengths, the same drops of zero-token rows, the same errors for bad ones."""
+    from sluice.workload.trace_rows import RowErrors, lengths_or_none, parse_length
+
+    def general(vals):
+        out = []
+        for v in vals:
+            try:
+                out.append(parse_length(v))
+            except (ValueError, TypeError):
+                return "bad"
+        return None if 0 in out else tuple(out)
+
+    errs = RowErrors("t.csv", skip=True)
+    got = lengths_or_none(errs, 2, ("in", "out"), values)
+    want = general(values)
+    assert (got if got is not None else ("bad" if errs.skipped else None)) == want

@@ -113,10 +113,61 @@ def test_measured_tables_load_and_cover_gpus() -> None:
 def test_vectorised_elementwise_matches_runtime(pm) -> None:
     from sluice.perf.fit import vec_elementwise
 
-    a = pm.arch
-    qkv = pm._shapes.layer[0][0]
-    t = _table(tokens=[300.0], hidden=[a.hidden], qkv=[qkv], inter=[a.intermediate / 2])
-    assert vec_elementwise(pm.gpu, pm.c, t)[0] == pytest.approx(pm.elementwise_time(300.0), rel=1e-12)
+    for m in (pm, build_perf_model("qwen3-32b", "rtx-pro-6000", tp=2),
+              build_perf_model("qwen3-30b-a3b", "h100", tp=1)):
+        a = m.arch
+        qkv = m._shapes.layer[0][0]
+        inter = (a.shared_intermediate if a.is_moe else a.intermediate) / m.tp
+        qk = (a.num_heads + a.num_kv_heads) // m.tp * a.head_dim if a.qk_norm else 0
+        for tokens in (1.0, 300.0, 8192.0):  # L2-resident passes and cold ones
+            t = _table(tokens=[tokens], hidden=[a.hidden], qkv=[qkv], inter=[inter], qk=[qk])
+            assert vec_elementwise(m.gpu, m.c, t)[0] == pytest.approx(m.elementwise_time(tokens), rel=1e-12)
+
+
+def test_qk_norm_is_read_from_the_config(tmp_path) -> None:
+    """Qwen3 (dense and MoE) normalises q and k per head: two more passes over q and k."""
+    from sluice.perf.models import arch_from_config, load_arch
+
+    assert load_arch("qwen3-32b").qk_norm and load_arch("qwen3-30b-a3b").qk_norm
+    assert not load_arch("llama-3.1-8b").qk_norm and not load_arch("qwen2.5-7b").qk_norm
+    cfg = {"hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8,
+           "num_hidden_layers": 2, "vocab_size": 1000, "max_position_embeddings": 4096,
+           "intermediate_size": 3072, "head_dim": 128}
+    assert not arch_from_config(cfg, "x").qk_norm
+    assert arch_from_config({**cfg, "model_type": "qwen3"}, "x").qk_norm
+    assert arch_from_config({"model_type": "qwen3_vl", "text_config": {**cfg, "model_type": "qwen3"}},
+                            "x").qk_norm
+    qwen3 = build_perf_model("qwen3-32b", "rtx-pro-6000", tp=2)
+    plain = build_perf_model(str(_write(tmp_path / "p", cfg)), "rtx-pro-6000")
+    normed = build_perf_model(str(_write(tmp_path / "q", {**cfg, "model_type": "qwen3"})), "rtx-pro-6000")
+    for tokens in (1.0, 512.0, 16384.0):
+        assert normed.elementwise_time(tokens) > plain.elementwise_time(tokens)
+    assert len(qwen3._ew_passes) == 5  # two norms, rotary, activation, q/k norm
+
+
+def _write(d, cfg) -> object:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_fa2_decode_structure() -> None:
+    """FA2 (A100/L40S/RTX) decode: grouped query heads are packed by transposing q and the
+    output (two copies, batch >= 2 with >= 2 KV heads per GPU); MHA decode is not split over
+    SMs, so a small batch streams each sequence's KV on one SM (a per-batch slope). FA3 (H100)
+    has neither."""
+    gqa = build_perf_model("llama-3.1-8b", "l40s", tp=1)  # 32 query heads, 8 KV heads
+    assert gqa._dec_swap > 0 and gqa.c.dattn_swap > 0
+    jump = gqa.decode_fixed(2) - gqa.decode_fixed(1)
+    step = gqa.decode_fixed(3) - gqa.decode_fixed(2)
+    assert jump > step + 0.5 * gqa.num_layers * gqa.c.dattn_swap
+    assert build_perf_model("llama-3.1-8b", "h100", tp=1)._dec_swap == 0.0
+    assert build_perf_model("llama-3.1-8b", "l40s", tp=8)._dec_swap == 0.0  # 1 KV head per GPU
+    mha = build_perf_model("llama-2-7b", "a100-80g", tp=1)  # 32 heads = 32 KV heads
+    assert mha.decode_slope(1) > 2 * mha.decode_slope(64)  # 32 blocks on 108 SMs vs DRAM bound
+    assert mha.decode_slope(1000) == mha._dec_slope
+    assert build_perf_model("llama-2-7b", "h100").decode_slope(1) == \
+        build_perf_model("llama-2-7b", "h100").decode_slope(64)
 
 
 def test_warm_l2_prices_benchmark_rows_only() -> None:

@@ -13,7 +13,10 @@ from sluice.perf.base import PerfModel, decode_run_by_steps
 from sluice.perf.registry import build_perf_model, list_gpus, list_models
 
 KINDS = ["fitted", "roofline"]
-MODELS = ["llama-3.1-8b", "qwen3-30b-a3b", "mixtral-8x7b", "smollm2-135m"]
+# model[@gpu] (default h100): FA2 GPUs cover the GQA swap copies (l40s) and MHA decode's
+# per-batch slope (llama-2-7b on a100: query heads == KV heads, no split-KV)
+MODELS = ["llama-3.1-8b", "qwen3-30b-a3b", "mixtral-8x7b", "smollm2-135m", "llama-3.1-8b@l40s",
+          "llama-2-7b@a100-80g"]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +24,9 @@ def perf_models() -> dict[tuple[str, str], PerfModel]:
     out = {}
     for kind in KINDS:
         for m in MODELS:
-            tp = 2 if m in ("qwen3-30b-a3b", "mixtral-8x7b") else 1
-            out[(kind, m)] = build_perf_model(m, "h100", tp=tp, kind=kind)
+            name, _, gpu = m.partition("@")
+            tp = 2 if name in ("qwen3-30b-a3b", "mixtral-8x7b") else 1
+            out[(kind, m)] = build_perf_model(name, gpu or "h100", tp=tp, kind=kind)
     return out
 
 

@@ -42,7 +42,8 @@ TABLES = {
             "time_s"],
     "allreduce": ["source", "gpu", "model", "n_gpus", "nbytes", "time_s"],
     # norms + rotary + activation (+ residual add) of one layer, summed
-    "elementwise": ["source", "gpu", "model", "tokens", "hidden", "qkv", "inter", "time_s"],
+    # ``qk``: per-GPU width of q + k when the model normalises them per head (Qwen3), else 0
+    "elementwise": ["source", "gpu", "model", "tokens", "hidden", "qkv", "inter", "qk", "time_s"],
 }
 _AIC_GPU = {"h100_sxm": ("h100", "0.19.0"), "a100_sxm": ("a100-80g", "0.14.0"),
             "l40s": ("l40s", "0.14.0")}
@@ -160,10 +161,13 @@ def _profiles(shared: Path, out: dict[str, list[list[Any]]]) -> None:
                         n, k = shapes[r["layer"]]
                         out["gemm"].append(["prof", gpu, model, f"{model}/tp{tp}", t, n, k,
                                             float(r["time_us"]) / 1e6])
+                # per-head q/k norm width on this GPU (KV heads replicated when tp > kv heads)
+                qk = (a.num_heads // tp + max(a.num_kv_heads // tp, 1)) * a.head_dim if a.qk_norm else 0
                 for t, v in sorted(ew.items()):
-                    if ffn and (t in _POW2 or t % 256 == 0):
+                    # MoE layers: no act_fn row (the activation runs inside fused_moe), inter = 0
+                    if t in _POW2 or t % 256 == 0:
                         out["elementwise"].append(["prof", gpu, model, t, a.hidden,
-                                                   (a.q_dim + 2 * a.kv_dim) // tp, ffn // tp, v])
+                                                   (a.q_dim + 2 * a.kv_dim) // tp, ffn // tp, qk, v])
                 for r in _rows_gz(tpdir / "per_sequence.csv.gz"):
                     s = int(r["sequences"])
                     if r["layer"] == "lm_head" and s in _POW2:
@@ -344,6 +348,7 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     copies = t.cols.get("l2_copies")
     warm = bench_warm(g, copies, nd * ctx_d * kv_tok)
     io_tok = (6.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0  # see StepCostModel._pattn_io
+    fa2 = 1.0 if g.flash_attn == 2 else 0.0  # FA2 decode: GQA swap copies, MHA unsplit
     pwarm = bench_warm(g, copies, p_seqs * n * (4.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0)
     return {"pflop": 4.0 * pairs * heads * t["head_dim"] / g.flops_bf16,
             "pscore": pairs * heads / g.flops_bf16,
@@ -357,6 +362,11 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "pctx": p_seqs * ctx * kv_tok / g.mem_bw, "pseq": p_seqs, "any_p": (p_seqs > 0) * 1.0,
             "dbytes": nd * ctx_d * kv_tok / g.mem_bw * (1.0 - warm),
             "dbytes_l2": nd * ctx_d * kv_tok / g.mem_bw * warm, "dseq": nd * t["kv_heads"] / g.sms,
+            "dqh": nd * heads / g.sms,
+            # FA2 GQA swap copies (batch >= 2, >= 2 KV heads, grouped); MHA per-SM streaming
+            "dswap": fa2 * ((nd >= 2) & (t["kv_heads"] >= 2) & (heads > t["kv_heads"])),
+            "dstream": fa2 * (heads == t["kv_heads"]) * ctx_d * head_bytes * 1e-9
+            * np.ceil(nd * heads / g.sms),
             "any_d": (nd > 0) * 1.0, "nd": nd,
             "m_waves": np.maximum(ctas / g.sms, 1.0),
             "m_stream": ctx_d * head_bytes * g.sms / g.mem_bw,
@@ -379,9 +389,10 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     pre = np.maximum(np.maximum(flop / eff, crit / c.pattn_crit_eff), pio) \
         + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
     mix = f["mixed"]
-    dbytes = f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw
-    dec = (dbytes / c.dattn_mem_eff + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"]) \
-        * (1.0 - mix)
+    dbytes = np.maximum((f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
+                        f["dstream"] * c.dattn_mha_stream)
+    dec = (dbytes + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"] + c.dattn_qhead * f["dqh"]
+           + c.dattn_swap * f["dswap"]) * (1.0 - mix)
     mult = np.interp(f["log_dseq"], knots, np.asarray(c.mix_dec_factor))
     stream = f["m_waves"] * (c.mix_cta + f["m_stream"] / (c.mix_sm_eff * f["m_split"]))
     mdec = np.maximum(stream, f["m_dram"] / c.mix_bw_eff) * mult + f["m_empty"] * c.mix_empty \
@@ -397,14 +408,24 @@ def vec_allreduce(g: GPUSpec, c: Coeffs, n_gpus, nbytes) -> np.ndarray:
     return np.asarray(c.ar_latency)[idx] + ring / (g.link_bw * np.asarray(c.ar_eff)[idx])
 
 
-def elementwise_bytes(tokens, hidden, qkv, inter):
-    """Bytes the norms, rotary, activation and residual passes of one layer move."""
-    return tokens * 2.0 * (8 * hidden + 2 * qkv + 3 * inter)
+def elementwise_parts(g: GPUSpec, t: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: passes, cold seconds of their traffic at DRAM peak, and the seconds of the
+    passes whose traffic fits in L2 (``roofline.elementwise_passes``: two norms, rotary, the
+    activation when ``inter`` > 0, the q/k norms when ``qk`` > 0)."""
+    tok = t["tokens"] * 2.0
+    widths = [4.0 * t["hidden"], 4.0 * t["hidden"], 2.0 * t["qkv"], 3.0 * t["inter"], 2.0 * t["qk"]]
+    cold, warm = np.zeros(len(tok)), np.zeros(len(tok))
+    for w in widths:
+        b = tok * w / g.mem_bw
+        fits = tok * w <= g.l2_bytes
+        cold += b * ~fits
+        warm += b * fits
+    return 3.0 + (t["inter"] > 0) + (t["qk"] > 0), cold, warm
 
 
 def vec_elementwise(g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
-    nbytes = elementwise_bytes(t["tokens"], t["hidden"], t["qkv"], t["inter"])
-    return c.elementwise_launch + nbytes / (g.mem_bw * c.elementwise_eff)
+    n, cold, warm = elementwise_parts(g, t)
+    return c.elementwise_launch * n + (cold + warm / c.elementwise_l2) / c.elementwise_eff
 
 
 def predict(op: str, g: GPUSpec, c: Coeffs, t: Table) -> np.ndarray:
@@ -512,14 +533,7 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
     pre = (t["p_seqs"] > 0) & (t["d_seqs"] == 0)
     mix = (t["p_seqs"] > 0) & (t["d_seqs"] > 0)
     if dec.sum() >= 4:
-        warm = f["dbytes_l2"][dec]
-        if (warm > 0).sum() >= 4:  # benchmark rows whose KV stays in L2: their own read rate
-            s = _wls([f["dbytes"][dec], f["any_d"][dec], f["dseq"][dec], warm], y[dec])
-            c = _replace(c, dattn_l2_bw=max(float(s[0] / max(s[3], 1e-12)), 1.0))
-        else:
-            s = _wls([f["dbytes"][dec], f["any_d"][dec], f["dseq"][dec]], y[dec])
-        c = _replace(c, dattn_mem_eff=1.0 / max(s[0], 1.0 / 1.3), dattn_launch=float(s[1]),
-                     dattn_seq=float(s[2]))
+        c = _fit_decode(c, t.where(dec), g)
     if pre.sum() >= 4:
         tp_ = t.where(pre)
         fp = attn_features(g, tp_)
@@ -539,6 +553,37 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
             c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
     if mix.sum() >= 4:
         c = _fit_mixed(c, t.where(mix), g)
+    return c
+
+
+def _fit_decode(c: Coeffs, td: Table, g: GPUSpec) -> Coeffs:
+    """Decode-only rows: weighted least squares on the rows where DRAM traffic bounds the KV
+    read, alternating with a search of the MHA per-SM streaming cost (``dattn_mha_stream``,
+    only when there are MHA rows) on their log error."""
+    f = attn_features(g, td)
+    y = td["time_s"]
+    mha = f["dstream"] > 0
+    c = _replace(c, dattn_mha_stream=0.0)
+    cols = ["dbytes", "any_d", "dseq", "dqh", "dswap"]
+    warm = (f["dbytes_l2"] > 0).sum() >= 4  # benchmark rows whose KV stays in L2: own read rate
+    if warm:
+        cols.append("dbytes_l2")
+
+    def loss(cc: Coeffs) -> float:
+        return _loss(vec_attn(g, cc, td, f), y)
+
+    for _ in range(3 if mha.sum() >= 4 else 1):
+        dram = (f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff
+        keep = f["dstream"] * c.dattn_mha_stream <= dram
+        s = _wls([f[k][keep] for k in cols], y[keep])
+        kw = dict(dattn_mem_eff=1.0 / max(s[0], 1.0 / 1.3), dattn_launch=float(s[1]),
+                  dattn_seq=float(s[2]), dattn_qhead=float(s[3]), dattn_swap=float(s[4]))
+        if warm:
+            kw["dattn_l2_bw"] = max(float(s[0] / max(s[5], 1e-12)), 1.0)
+        c = _replace(c, **kw)
+        if mha.sum() >= 4:
+            c = _search(c, "dattn_mha_stream", None,
+                        np.concatenate([[0.0], np.geomspace(0.005, 0.2, 50)]), loss)
     return c
 
 
@@ -576,11 +621,18 @@ def _fit_allreduce(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
 def _fit_elementwise(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
     if len(t) < 3:
         return c
-    x = elementwise_bytes(t["tokens"], t["hidden"], t["qkv"], t["inter"]) / g.mem_bw
-    s = _wls([np.ones(len(t)), x], t["time_s"])
-    # an accounting factor more than a physical efficiency (vLLM fuses some of these passes,
-    # so fewer bytes move than the unfused count in elementwise_bytes): allowed up to 3
-    return _replace(c, elementwise_launch=float(s[0]), elementwise_eff=1.0 / max(float(s[1]), 1.0 / 3.0))
+    n, cold, warm = elementwise_parts(g, t)
+    best = None
+    for l2 in np.geomspace(1.0, 8.0, 31) if warm.any() else [1.0]:
+        s = _wls([n, cold + warm / l2], t["time_s"])
+        eff = 1.0 / max(float(s[1]), 1.0 / 3.0)
+        cc = _replace(c, elementwise_launch=float(s[0]), elementwise_eff=eff, elementwise_l2=float(l2))
+        loss = _loss(vec_elementwise(g, cc, t), t["time_s"])
+        if best is None or loss < best[0]:
+            best = (loss, cc)
+    # eff: an accounting factor more than a physical efficiency (vLLM fuses some passes, so
+    # fewer bytes move than the unfused count): allowed up to 3
+    return best[1]
 
 
 def fit_gpu(tables: dict[str, Table], gpu: str, start: Coeffs) -> Coeffs:
@@ -617,13 +669,17 @@ def measured_gpus(tables: dict[str, Table]) -> list[str]:
 _GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch", "gemm_k0"),
            "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
            "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "pattn_crit_eff", "pattn_score", "dattn_mem_eff",
-                    "dattn_seq", "dattn_launch"),
+                    "dattn_seq", "dattn_launch", "dattn_qhead"),
+           # FA2-only decode structure (``GPUSpec.flash_attn``): the GQA swap copies, and MHA
+           # decode streaming a sequence per SM; only FA2 GPUs with such rows are donors
+           "fa2_swap": ("dattn_swap",),
+           "mha_decode": ("dattn_mha_stream",),
            # the mixed-batch penalty is a property of vLLM's varlen kernel, not of one chip:
            # GPUs without mixed-batch measurements take it from those with them
            "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor",
                      "mix_dseq"),
            "allreduce": ("ar_latency", "ar_eff"),
-           "elementwise": ("elementwise_eff", "elementwise_launch"),
+           "elementwise": ("elementwise_eff", "elementwise_launch", "elementwise_l2"),
            # benchmark-only L2 read rates: from the GPUs with warm-L2 benchmark rows
            "l2": ("gemm_l2_bw", "dattn_l2_bw")}
 
@@ -634,6 +690,11 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
     a = tables["attn"]
     if ((a["gpu"] == gpu) & (a["p_seqs"] > 0) & (a["d_seqs"] > 0)).any():
         has.add("mixed")
+    dec = (a["gpu"] == gpu) & (a["p_seqs"] == 0) & (a["d_seqs"] > 0) & (GPUS[gpu].flash_attn == 2)
+    if (dec & (a["heads"] == a["kv_heads"])).any():
+        has.add("mha_decode")
+    if (dec & (a["d_seqs"] >= 2) & (a["kv_heads"] >= 2) & (a["heads"] > a["kv_heads"])).any():
+        has.add("fa2_swap")
     if any(((t["gpu"] == gpu) & (t["l2_copies"] > 0)).any() for t in tables.values()):
         has.add("l2")
     return has

@@ -28,7 +28,7 @@ _GEMM_PRIOR = (0.02, 0.03, 0.05, 0.09, 0.16, 0.28, 0.42, 0.55, 0.64, 0.70, 0.72,
 PRIOR = Coeffs(gemm_eff=_GEMM_PRIOR, gemm_mem_eff=0.8, gemm_launch=4e-6, moe_eff=_GEMM_PRIOR,
                moe_mem_eff=0.7, moe_launch=20e-6, pattn_eff=tuple(min(0.5, 0.05 * 1.4**i) for i in range(16)), pattn_seq=1e-6, pattn_launch=8e-6,
                dattn_mem_eff=0.6, dattn_seq=0.2e-6, dattn_launch=8e-6, ar_latency=(8e-6, 15e-6, 25e-6), ar_eff=(0.6, 0.5, 0.4),
-               elementwise_eff=0.6, elementwise_launch=10e-6, step_overhead=2.0e-3, seq_overhead=8e-6)
+               elementwise_eff=0.6, elementwise_launch=2.5e-6, step_overhead=2.0e-3, seq_overhead=8e-6)
 
 
 def coeffs_path() -> Path:

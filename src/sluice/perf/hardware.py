@@ -45,6 +45,13 @@ Sources (checked 2026):
   dies), L40S and RTX 4090 AD102 (Ada Lovelace architecture whitepaper; L40S datasheet), A40
   GA102 (A40 datasheet / Ampere GA102 whitepaper), RTX PRO 6000 Blackwell GB202 (RTX
   Blackwell GPU architecture whitepaper).
+* Flash-attention generation (``flash_attn``): vLLM's flash-attention backend runs FA3 on
+  compute capability 9.0 (Hopper: H100, H200) and FA2 elsewhere (Ampere, Ada, RTX Blackwell;
+  ``get_flash_attn_version`` in vLLM: FA3 needs sm90). The two differ in how decode is split
+  (FA2 splits the keys only for grouped-query decode and packs the group by transposing q and
+  the output; FA3 packs the group in the kernel and splits any layout), which the decode model
+  prices (``StepCostModel.decode_fixed`` / ``decode_slope``). B200 is left at 2: which backend
+  vLLM picks there is not measured here.
 * cpu: a rough figure for the torch engine on a small shared x86 host (a few AVX2 cores).
 """
 
@@ -73,6 +80,7 @@ class GPUSpec:
     sms: int = 1  # streaming multiprocessors (thread blocks run in waves of ``sms``)
     l2_bytes: int = 0  # last-level cache; benchmark pricing only (the runtime reads cold)
     die: str = ""  # silicon (GA100, GH100, AD102, ...): which measured GPU's coefficients transfer
+    flash_attn: int = 2  # flash-attention generation vLLM runs here (3 on Hopper, else 2)
 
 
 def _gib(x: float) -> int:
@@ -89,11 +97,11 @@ GPUS: dict[str, GPUSpec] = {
     "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere", 108,
                         _mb(40), die="GA100"),
     "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper", 132,
-                    _mb(50), die="GH100"),
+                    _mb(50), die="GH100", flash_attn=3),
     "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper", 114,
-                         _mb(50), die="GH100"),
+                         _mb(50), die="GH100", flash_attn=3),
     "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper", 132,
-                    _mb(50), die="GH100"),
+                    _mb(50), die="GH100", flash_attn=3),
     "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell", 148,
                     die="GB100"),
     "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada", 142, _mb(96),

@@ -39,6 +39,9 @@ class ModelArch:
     top_k: int = 0
     moe_intermediate: int = 0
     shared_intermediate: int = 0  # always-on shared expert width (Qwen2-MoE style), 0 = none
+    # RMSNorm applied per head to q and k before rotary (Qwen3: ``q_norm``/``k_norm`` on
+    # head_dim); two more memory-bound passes per layer that Llama-style models do not run
+    qk_norm: bool = False
 
     @property
     def is_moe(self) -> bool:
@@ -82,6 +85,12 @@ class ModelArch:
     def kv_bytes_per_token(self) -> int:
         """K and V of all layers for one token (whole model, before TP sharding)."""
         return 2 * self.num_layers * self.kv_dim * self.kv_bytes
+
+
+# HF ``model_type``s whose attention normalises q and k per head (``Qwen3Attention`` /
+# ``Qwen3MoeAttention`` in transformers and vLLM: ``q_norm = RMSNorm(head_dim)`` and ``k_norm``
+# applied to q and k viewed per head). The config has no field for it: the architecture implies it.
+QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe"})
 
 
 def _need(cfg: dict[str, Any], key: str, path: str) -> Any:
@@ -129,7 +138,8 @@ def arch_from_config(cfg: dict[str, Any], name: str, path: str = "config.json") 
                      tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_bytes=wb,
                      kv_bytes=2 if wb == 1 else wb, max_position_embeddings=max_pos,
                      num_experts=experts, top_k=top_k, moe_intermediate=moe_inter,
-                     shared_intermediate=shared)
+                     shared_intermediate=shared,
+                     qk_norm=str(cfg.get("model_type", "")).lower() in QK_NORM_MODEL_TYPES)
 
 
 def _data_dir() -> Path:

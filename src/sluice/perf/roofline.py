@@ -18,12 +18,14 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
 * attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus a softmax cost per
   score, at an efficiency indexed by the keys a query row attends to (chunk + cached context),
   at least the critical path of the last 128-row block and the chunk's own Q/K/V/O and
-  KV-cache traffic, plus KV read of the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer and per
-  thread-block-wave costs; in a mixed prefill+decode step the decode rows run one block per
+  KV-cache traffic, plus KV read of the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer,
+  per thread-block-wave and per-query-head costs, and on FA2 GPUs the GQA swap copies and MHA
+  decode's per-SM streaming (``decode_fixed`` / ``decode_slope``); in a mixed prefill+decode step the decode rows run one block per
   query head without GQA packing, split-KV only when the grid is small, heads reusing KV
   through L2 while it fits, side by side with the prefill blocks when all fit in one wave
   (``mixed_decode_time``);
-* norms / rotary / activation as bytes moved (``elementwise``);
+* norms / rotary / activation (and per-head q/k norms where the model has them) as bytes
+  moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
 * per-step CPU/launch overhead and a per-sequence host cost (scheduling, sampling).
 """
@@ -69,6 +71,18 @@ class Coeffs:
     dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
     dattn_seq: float = 0.0  # per wave of decode thread blocks (seqs x kv heads / sms) per layer
     dattn_launch: float = 0.0  # per layer when any decode
+    # per query head of each decode sequence, per ``sms`` of them: the Q read and the O (or
+    # split-KV partial output) written per query row, whatever the KV layout
+    dattn_qhead: float = 0.0
+    # FA2 GQA decode (``seqlenq_ngroups_swapped``: the query heads of one KV head become the
+    # rows of one block) reshapes q and the output through a transpose, i.e. two copy kernels,
+    # whenever that transpose is not a view: batch >= 2 and >= 2 KV heads per GPU
+    dattn_swap: float = 0.0
+    # MHA decode (query heads == KV heads: no GQA swap, and FA2 splits the keys only on the
+    # swapped path): one thread block per sequence and head streams that sequence's whole KV on
+    # one SM; seconds per GB one block streams (absolute: ~22 GB/s on A100, ~29 on L40S, where
+    # shares of DRAM bandwidth per SM differ 3x), 0 = not limited (FA3 splits MHA decode too)
+    dattn_mha_stream: float = 0.0
     # Decode rows inside a mixed prefill+decode batch (vLLM: one varlen flash-attention call;
     # query length > 1 turns off split-KV and the GQA packing, so each decode row is one thread
     # block per *query* head streaming its whole context; see ``mixed_decode_time``):
@@ -84,7 +98,10 @@ class Coeffs:
     ar_latency: tuple[float, ...] = (0.0, 0.0, 0.0)  # per all-reduce call, for 2 / 4 / 8 GPUs
     ar_eff: tuple[float, ...] = (1.0, 1.0, 1.0)  # fraction of link bandwidth, for 2 / 4 / 8 GPUs
     elementwise_eff: float = 1.0  # norms, rope, activation: bytes moved vs bandwidth
-    elementwise_launch: float = 0.0  # per layer
+    elementwise_launch: float = 0.0  # per pass (kernel): 2 norms, rotary, activation, q/k norm
+    # read rate of a pass whose whole traffic fits in L2, as a multiple of the DRAM rate: its
+    # input is the activation the previous kernel has just written (in a step as in a profile)
+    elementwise_l2: float = 1.0
     step_overhead: float = 0.0  # per step (scheduler, launch, python)
     seq_overhead: float = 0.0  # per sequence in the step (input prep, sampling)
     scale: float = 1.0  # calibration multiplier on the whole step
@@ -126,6 +143,22 @@ def split_kv(sms: int, seqs: float, heads: int, max_q: float, ctx: float) -> flo
     return max(splits, 1.0)
 
 
+def elementwise_passes(arch: ModelArch, tp: int, qkv: int) -> tuple[float, ...]:
+    """Elements read + written per token by each memory-bound pass of one layer on one GPU:
+    two (fused add +) RMSNorms (x and residual in and out), rotary on q/k (``qkv`` wide),
+    SiLU-and-mul of the dense or shared-expert MLP (gate+up in, one out; the routed experts'
+    activation runs inside fused_moe and is priced with it), and the per-head q/k norms."""
+    a = arch
+    passes = [4.0 * a.hidden, 4.0 * a.hidden, 2.0 * qkv]
+    inter = (a.shared_intermediate if a.is_moe else a.intermediate) / tp
+    if inter:
+        passes.append(3.0 * inter)
+    if a.qk_norm:
+        kv = max(a.num_kv_heads // tp, 1)
+        passes.append(2.0 * (max(a.num_heads // tp, 1) + kv) * a.head_dim)
+    return tuple(passes)
+
+
 @dataclass(slots=True)
 class _Shapes:
     """Per-GPU GEMM shapes (N, K) of one layer and of the lm_head."""
@@ -156,6 +189,7 @@ class StepCostModel:
         self._kv_tok_gpu = arch.num_layers * kv_layer_gpu  # KV bytes of one token on one GPU
         L = arch.num_layers
         self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
+        self._slopes: dict[int, float] = {}  # decode slope per batch size (MHA per-SM streaming)
         self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
         # flash-attention thread blocks: 128 query rows of one head; the last block of a chunk
         # attends to the whole context (its FLOPs on one SM are the critical path)
@@ -169,7 +203,16 @@ class StepCostModel:
         io_tok = (6 * self._kv_heads_gpu + 2 * self._heads_gpu) * arch.head_dim * arch.kv_bytes
         self._pattn_io = L * io_tok / (gpu.mem_bw * coeffs.dattn_mem_eff)
         self._dec_waves = self._kv_heads_gpu / gpu.sms  # decode thread-block waves per sequence
+        self._dec_qwaves = self._heads_gpu / gpu.sms  # query heads per sequence, per SM
+        grouped = self._heads_gpu > self._kv_heads_gpu
+        fa2 = gpu.flash_attn == 2  # FA3 packs the group in the kernel and splits MHA decode too
+        # GQA swap transposes (two copy kernels) when neither batch nor KV heads is 1
+        self._dec_swap = coeffs.dattn_swap if fa2 and grouped and self._kv_heads_gpu >= 2 else 0.0
         self._head_bytes = 2.0 * arch.head_dim * arch.kv_bytes  # K+V of one token, one head
+        self._ew_passes = elementwise_passes(arch, tp, self._shapes.layer[0][0])
+        # MHA decode without split-KV: a wave of ``sms`` blocks streams one sequence's KV each
+        self._mha_stream = (0.0 if grouped or not fa2 else
+                            L * self._head_bytes * coeffs.dattn_mha_stream * 1e-9)
 
     # ---- static parts -------------------------------------------------------------------
     def _gemm_shapes(self) -> _Shapes:
@@ -233,13 +276,17 @@ class StepCostModel:
         return self.c.ar_latency[i] + ring / (self.gpu.link_bw * self.c.ar_eff[i])
 
     def elementwise_time(self, tokens: float) -> float:
-        """Norms, rotary, activation, residual adds of one layer: memory-bound passes."""
-        a = self.arch
-        qkv = self._shapes.layer[0][0]
-        inter = (a.shared_intermediate + a.top_k * a.moe_intermediate if a.is_moe
-                 else a.intermediate) / self.tp
-        nbytes = tokens * 2.0 * (8 * a.hidden + 2 * qkv + 3 * inter)
-        return self.c.elementwise_launch + nbytes / (self.gpu.mem_bw * self.c.elementwise_eff)
+        """Norms, rotary, activation of one layer (and the per-head q/k norms of models that
+        have them): memory-bound passes, each a launch plus its traffic, at L2 speed when the
+        pass's traffic fits in L2 (``elementwise_passes``; ``fit.vec_elementwise`` mirrors it)."""
+        c = self.c
+        t = c.elementwise_launch * len(self._ew_passes)
+        cold = self.gpu.mem_bw * c.elementwise_eff
+        l2 = self.gpu.l2_bytes
+        for width in self._ew_passes:
+            nbytes = tokens * 2.0 * width
+            t += nbytes / cold / (c.elementwise_l2 if nbytes <= l2 else 1.0)
+        return t
 
     def token_time(self, tokens: float, seqs: int) -> float:
         """Everything that depends only on the token and sequence counts (cached per key)."""
@@ -278,11 +325,30 @@ class StepCostModel:
         return max(flops_t, crit, io) + ctx_t + per
 
     def decode_fixed(self, seqs: int) -> float:
-        """Decode-attention cost independent of context length."""
+        """Decode-attention cost independent of context length: launch, waves of thread blocks
+        (one per sequence and KV head), the per-query-head Q/O traffic, the GQA swap copies."""
         if seqs <= 0:
             return 0.0
         c = self.c
-        return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs * self._dec_waves) * c.scale
+        swap = self._dec_swap if seqs >= 2 else 0.0
+        return self.num_layers * (c.dattn_launch + c.dattn_seq * seqs * self._dec_waves
+                                  + c.dattn_qhead * seqs * self._dec_qwaves + swap) * c.scale
+
+    def decode_slope(self, seqs: int) -> float:
+        """Decode-attention cost per KV token (summed over the batch) of a batch of ``seqs``:
+        the DRAM rate, or for MHA without split-KV the per-SM streaming rate of
+        ``ceil(seqs x heads / sms)`` waves of blocks that each read one sequence's KV (mean
+        context ``ctx / seqs``), whichever is slower. Constant for a given batch size, so a
+        decode-only step stays ``fixed(batch) + slope(batch) * ctx`` (exact fast-forward)."""
+        s = self._slopes.get(seqs)
+        if s is None:
+            s = self._dec_slope
+            if self._mha_stream > 0.0 and seqs > 0:
+                waves = math.ceil(seqs * self._heads_gpu / self.gpu.sms)
+                st = self._mha_stream * waves / seqs * self.c.scale
+                s = st if st > s else s
+            self._slopes[seqs] = s
+        return s
 
     def mixed_decode_time(self, s: BatchStats, pre: float) -> float:
         """What the decode rows add to a mixed batch's attention, per step (all layers), given
@@ -343,7 +409,7 @@ class StepCostModel:
         if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more
             dec = self.mixed_decode_time(stats, pre)
         else:
-            dec = self.decode_fixed(stats.decode_seqs) + self._dec_slope * stats.decode_ctx
+            dec = self.decode_fixed(stats.decode_seqs) + self.decode_slope(stats.decode_seqs) * stats.decode_ctx
         return base + dec  # swaps are priced by the executor with swap_time (may overlap)
 
     def decode_line(self, batch: int) -> tuple[float, float, float]:
@@ -352,7 +418,7 @@ class StepCostModel:
         ``decode_run`` and ``step_time`` — for pricing a few steps without numpy's per-call
         overhead (most fast-forward runs are cut by an arrival after a handful of steps)."""
         base = (self.token_time(batch + 0.0, batch) + 0.0) * self.c.scale
-        return base, self.decode_fixed(batch), self._dec_slope
+        return base, self.decode_fixed(batch), self.decode_slope(batch)
 
     def decode_run(self, batch: int, ctx_sum: int, k: int) -> np.ndarray:
         if k <= 0:
@@ -363,7 +429,7 @@ class StepCostModel:
         base = (fixed + 0.0) * self.c.scale
         # integers below 2**53 are exact in float64: the same values step_time sees
         ctx = np.arange(ctx_sum, ctx_sum + k * batch, batch, dtype=np.float64)
-        dec = self._dec_slope * ctx
+        dec = self.decode_slope(batch) * ctx
         dec += self.decode_fixed(batch)
         dec += base
         return dec

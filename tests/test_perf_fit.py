@@ -211,3 +211,24 @@ def test_unmeasured_gpu_takes_a_die_mate_run_the_same_way() -> None:
     assert prior_key(GPUS["l40s"], pri) == "ada"
     assert prior_key(GPUS["l40s"], {"default": None}) == "default"
     assert prior_key(GPUS["h200"], {"nvlink": None, "default": None}, "allreduce") == "nvlink"
+
+
+@pytest.mark.parametrize("gpu", ["h100", "l40s", "rtx-pro-6000"])
+def test_prefill_block_waves_match_runtime_on_fa2_and_fa3(gpu) -> None:
+    from sluice.perf.fit import prefill_block_count
+    from sluice.perf.roofline import prefill_blocks
+
+    # FA2 (split kernel): 64-row blocks per query head; FA3 packs a KV group into 128 rows
+    assert prefill_blocks(2, 32, 8, 65) == 64 and prefill_blocks(3, 32, 8, 65) == 8 * 3
+    pm = build_perf_model("llama-3.1-8b", gpu, tp=1)
+    assert pm.c.pattn_cta > 0
+    a, L = pm.arch, pm.num_layers
+    for ps, n, ctx in [(1, 16, 0), (8, 65, 100), (64, 129, 0), (3, 2048, 4096)]:
+        t = _table(p_seqs=[ps], p_new=[n], p_ctx=[ctx], d_seqs=[0], d_ctx=[0], heads=[a.num_heads],
+                   kv_heads=[a.num_kv_heads], head_dim=[a.head_dim])
+        s = BatchStats(prefill_tokens=ps * n, prefill_seqs=ps,
+                       prefill_attn=ps * (n * ctx + n * (n + 1) / 2), prefill_ctx=ps * ctx)
+        assert vec_attn(pm.gpu, pm.c, t)[0] * L == pytest.approx(pm.prefill_attn_time(s), rel=1e-9)
+        want = prefill_blocks(pm.gpu.flash_attn, a.num_heads, a.num_kv_heads, n)
+        assert prefill_block_count(pm.gpu.flash_attn, np.array([a.num_heads]), np.array([a.num_kv_heads]),
+                                   np.array([n]))[0] == want

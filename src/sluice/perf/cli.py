@@ -93,6 +93,19 @@ def plot_rows(rows: list, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _named_line(h: dict[str, Any]) -> str:
+    nm = h["named_models"]
+    return (f"  named held-out models only (no grid shapes): overall {nm['mape']} (median APE "
+            f"{nm['median_ape']}, n={nm['n']})  " +
+            "  ".join(f"{k} {v['mape']} ({v['n']})" for k, v in nm["by_op"].items()))
+
+
+def _source_line(h: dict[str, Any]) -> str:
+    return "  gpu: named models | grid shapes  " + "  ".join(
+        f"{g} {v['named_models']['mape']} ({v['named_models']['n']}) | "
+        f"{v['grid_shapes']['mape']} ({v['grid_shapes']['n']})" for g, v in h["by_gpu_source"].items())
+
+
 def format_report(r: dict[str, Any]) -> str:
     out = []
     h = r["heldout_models"]
@@ -101,6 +114,9 @@ def format_report(r: dict[str, Any]) -> str:
                f"mean of op classes {h['overall']['mean_of_op_classes']})")
     for key in ("by_op", "by_gpu", "by_model"):
         out.append(f"  {key[3:]:6s} " + "  ".join(f"{k} {v['mape']} ({v['n']})" for k, v in h[key].items()))
+    out.append(_named_line(h))
+    if h.get("by_gpu_source"):
+        out.append(_source_line(h))
     lv = h.get("layer_level") or {}
     if lv:
         out.append(f"  layer level (projection GEMMs [+ attention] of one layer, held-out models): "
@@ -111,6 +127,11 @@ def format_report(r: dict[str, Any]) -> str:
     out.append(f"unseen GPU (coefficients from the other GPUs' prior): overall {u['overall'].get('mape')}"
                f" (median APE {u['overall'].get('median_ape')})")
     out.append("  gpu    " + "  ".join(f"{k} {v.get('mape')}" for k, v in u["by_gpu"].items() if v))
+    if u.get("by_op"):
+        out.append("  op     " + "  ".join(f"{k} {v['mape']} ({v['n']})" for k, v in u["by_op"].items()))
+    if u.get("named_models"):
+        out.append(_named_line(u))
+        out.append(_source_line(u))
     ul = u.get("layer_level") or {}
     if ul:
         out.append(f"  layer level: overall {ul['overall']['mape']}  " +

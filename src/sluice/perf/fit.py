@@ -329,6 +329,13 @@ def mixed_splits(sms: int, seqs, heads, max_q, ctx):
     return np.where(bhm < 0.8 * sms, np.maximum(splits, 1.0), 1.0)
 
 
+def prefill_block_count(flash_attn: int, heads, kv_heads, chunk):
+    """Vectorised ``roofline.prefill_blocks`` (the same float operations)."""
+    if flash_attn == 3:
+        return kv_heads * np.ceil(chunk * (heads / kv_heads) / 128.0)
+    return heads * np.ceil(chunk / 64.0)
+
+
 def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarray]:
     """Per-layer attention work of each row: query-key pairs, KV bytes read, sequences, and
     the thread-block counts of the flash-attention grid (see ``StepCostModel``)."""
@@ -356,6 +363,7 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "pio_l2": p_seqs * n * io_tok / g.mem_bw * pwarm,
             "pcrit": (p_seqs > 0) * (n + ctx) * 4.0 * t["head_dim"] * ATTN_TILE * g.sms / g.flops_bf16,
             "pcrit_score": (p_seqs > 0) * (n + ctx) * ATTN_TILE * g.sms / g.flops_bf16,
+            "pcta": p_seqs * prefill_block_count(g.flash_attn, heads, t["kv_heads"], n) / g.sms,
             "log_pwork": np.log2(np.maximum((n + ctx) / 4.0, 1.0)),  # keys per query row
             "log_dseq": np.log2(np.maximum(nd, 1.0)),
             "mixed": ((p_seqs > 0) & (nd > 0)) * 1.0,
@@ -387,7 +395,8 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     crit = f["pcrit"] + c.pattn_score * f["pcrit_score"]
     pio = (f["pio"] + f["pio_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff
     pre = np.maximum(np.maximum(flop / eff, crit / c.pattn_crit_eff), pio) \
-        + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"]
+        + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"] \
+        + c.pattn_cta * f["pcta"]
     mix = f["mixed"]
     dbytes = np.maximum((f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
                         f["dstream"] * c.dattn_mha_stream)
@@ -542,10 +551,14 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
             return _loss(vec_attn(g, cc, tp_, fp), tp_["time_s"])
 
         grid = np.geomspace(0.01, 1.3, 50)
+        # the per-chunk cost is priced per thread block (``pattn_cta``): a per-sequence cost
+        # is not identified where every row is one sequence (the in-vLLM profiles), and its
+        # fitted value there (1.4-1.8 us) made the prior's multi-sequence rows 1.5-2x slow
+        c = _replace(c, pattn_seq=0.0)
         c = _search_level(c, "pattn_eff", grid, loss)
         for _ in range(3):
             c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
-            c = _search(c, "pattn_seq", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-4, 40)]), loss)
+            c = _search(c, "pattn_cta", None, np.concatenate([[0.0], np.geomspace(1e-7, 3e-5, 40)]), loss)
             c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
             c = _search(c, "pattn_score", None, np.concatenate([[0.0], np.geomspace(8.0, 2048.0, 41)]), loss)
             for i in range(len(_LOG2_KNOTS)):
@@ -668,8 +681,11 @@ def measured_gpus(tables: dict[str, Table]) -> list[str]:
 
 _GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch", "gemm_k0"),
            "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
-           "attn": ("pattn_eff", "pattn_seq", "pattn_launch", "pattn_crit_eff", "pattn_score", "dattn_mem_eff",
-                    "dattn_seq", "dattn_launch", "dattn_qhead"),
+           "attn": ("dattn_mem_eff", "dattn_seq", "dattn_launch", "dattn_qhead"),
+           # prefill: FA2's split kernel and FA3 are different kernels (``GPUSpec.flash_attn``),
+           # so donors run the same generation where any measured GPU does (``same_kernel``)
+           "prefill": ("pattn_eff", "pattn_seq", "pattn_cta", "pattn_launch", "pattn_crit_eff",
+                       "pattn_score"),
            # FA2-only decode structure (``GPUSpec.flash_attn``): the GQA swap copies, and MHA
            # decode streaming a sequence per SM; only FA2 GPUs with such rows are donors
            "fa2_swap": ("dattn_swap",),
@@ -690,6 +706,8 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
     a = tables["attn"]
     if ((a["gpu"] == gpu) & (a["p_seqs"] > 0) & (a["d_seqs"] > 0)).any():
         has.add("mixed")
+    if ((a["gpu"] == gpu) & (a["p_seqs"] > 0) & (a["d_seqs"] == 0)).sum() >= 4:
+        has.add("prefill")
     dec = (a["gpu"] == gpu) & (a["p_seqs"] == 0) & (a["d_seqs"] > 0) & (GPUS[gpu].flash_attn == 2)
     if (dec & (a["heads"] == a["kv_heads"])).any():
         has.add("mha_decode")
@@ -698,6 +716,16 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
     if any(((t["gpu"] == gpu) & (t["l2_copies"] > 0)).any() for t in tables.values()):
         has.add("l2")
     return has
+
+
+def same_kernel(op: str, g: GPUSpec, donors: dict[str, Coeffs]) -> dict[str, Coeffs]:
+    """Donors of coefficient group ``op`` for ``g``: for prefill attention only those running
+    the same flash-attention generation, when there are any (FA3's efficiency curve, block
+    start-up and softmax costs describe another kernel than FA2's); else all of them."""
+    if op != "prefill":
+        return donors
+    same = {d: c for d, c in donors.items() if GPUS[d].flash_attn == g.flash_attn}
+    return same or donors
 
 
 def _die_key(g: GPUSpec) -> str:
@@ -750,15 +778,13 @@ def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = N
     gpus = [g for g in measured_gpus(tables) if g != exclude_gpu]
     fitted = {g: fit_gpu(tables, g, start) for g in gpus}
     has = {g: ops_measured(tables, g) for g in gpus}
-    group_priors = {}
-    for op in _GROUPS:
-        donors = {g: c for g, c in fitted.items() if op in has[g]}
-        group_priors[op] = _priors(donors, start) if donors else {}
+    raw = dict(fitted)
     for g in gpus:
         for op, names in _GROUPS.items():
-            pri = group_priors[op]
-            if op in has[g] or not pri:
+            donors = same_kernel(op, GPUS[g], {d: c for d, c in raw.items() if op in has[d]})
+            if op in has[g] or not donors:
                 continue
+            pri = _priors(donors, start)
             src = pri[prior_key(GPUS[g], pri, op)]
             fitted[g] = _replace(fitted[g], **{n: getattr(src, n) for n in names})
     return fitted, _priors(fitted, start)

@@ -18,7 +18,8 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
 * attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus a softmax cost per
   score, at an efficiency indexed by the keys a query row attends to (chunk + cached context),
   at least the critical path of the last 128-row block and the chunk's own Q/K/V/O and
-  KV-cache traffic, plus KV read of the cached context; decode reads ``decode_ctx`` tokens of KV, plus per-layer,
+  KV-cache traffic, plus KV read of the cached context and a cost per wave of thread blocks
+  (``prefill_blocks``); decode reads ``decode_ctx`` tokens of KV, plus per-layer,
   per thread-block-wave and per-query-head costs, and on FA2 GPUs the GQA swap copies and MHA
   decode's per-SM streaming (``decode_fixed`` / ``decode_slope``); in a mixed prefill+decode step the decode rows run one block per
   query head without GQA packing, split-KV only when the grid is small, heads reusing KV
@@ -62,12 +63,15 @@ class Coeffs:
     # FLOP efficiency at mean keys per query row (chunk + cached context) = 4*2**knot: a thread
     # block's loop over key blocks amortises its prologue/epilogue, whatever the chunk length
     pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
-    pattn_seq: float = 0.0  # per prefill chunk per layer
+    pattn_seq: float = 0.0  # per prefill chunk per layer (not fitted: see ``pattn_cta``)
     pattn_crit_eff: float = 1.0  # one SM's FLOP efficiency on the last 128-row block (critical path)
     # softmax work per query-key score (exp on the special-function units, max/sum/scale), in
     # tensor-core FLOP equivalents: it does not shrink with the head dim as the matmuls do
     pattn_score: float = 0.0
     pattn_launch: float = 0.0  # per layer when any prefill
+    # per wave of prefill thread blocks (``prefill_blocks`` / sms): a block's fixed start-up
+    # and write-out, paid however few query rows it holds (seconds, absolute)
+    pattn_cta: float = 0.0
     dattn_mem_eff: float = 1.0  # decode attention bandwidth efficiency
     dattn_seq: float = 0.0  # per wave of decode thread blocks (seqs x kv heads / sms) per layer
     dattn_launch: float = 0.0  # per layer when any decode
@@ -141,6 +145,16 @@ def split_kv(sms: int, seqs: float, heads: int, max_q: float, ctx: float) -> flo
         return 1.0
     splits = min(math.floor(sms / max(bhm, 1.0)), math.ceil(ctx / 128.0), 128.0)
     return max(splits, 1.0)
+
+
+def prefill_blocks(flash_attn: int, heads: int, kv_heads: int, chunk: float) -> float:
+    """Thread blocks of one prefill chunk per layer in vLLM's paged flash-attention call: FA2
+    runs its split kernel (64 query rows per block, one block per query head); FA3 with a page
+    table packs a KV head's query heads into the rows of its 128-row blocks (``pack_gqa``).
+    ``fit.prefill_block_count`` is the vectorised mirror."""
+    if flash_attn == 3:
+        return kv_heads * math.ceil(chunk * (heads / kv_heads) / 128.0)
+    return heads * math.ceil(chunk / 64.0)
 
 
 def elementwise_passes(arch: ModelArch, tp: int, qkv: int) -> tuple[float, ...]:
@@ -321,7 +335,10 @@ class StepCostModel:
         crit = keys * self._pattn_crit / c.pattn_crit_eff
         io = s.prefill_tokens * self._pattn_io
         ctx_t = s.prefill_ctx * self._pctx_slope
-        per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs)
+        blocks = s.prefill_seqs * prefill_blocks(self.gpu.flash_attn, self._heads_gpu,
+                                                 self._kv_heads_gpu, chunk)
+        per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs
+                                 + c.pattn_cta * blocks / self.gpu.sms)
         return max(flops_t, crit, io) + ctx_t + per
 
     def decode_fixed(self, seqs: int) -> float:

@@ -232,3 +232,61 @@ def test_prefill_block_waves_match_runtime_on_fa2_and_fa3(gpu) -> None:
         want = prefill_blocks(pm.gpu.flash_attn, a.num_heads, a.num_kv_heads, n)
         assert prefill_block_count(pm.gpu.flash_attn, np.array([a.num_heads]), np.array([a.num_kv_heads]),
                                    np.array([n]))[0] == want
+
+
+def test_runtime_prior_is_the_validation_prior_rule() -> None:
+    """What an unmeasured GPU runs with (coeffs.json ``priors``, or computed for a spec the file
+    does not name) is what ``sluice perf validate`` scores as an unseen GPU: one function,
+    ``priors.prior_for``, over the measured GPUs' coefficients and the groups they have rows
+    for, group by group (die, family, flash-attention generation, interconnect)."""
+    from dataclasses import replace
+
+    from sluice.perf.fitted import PRIOR, _table
+    from sluice.perf.priors import prior_for
+    from sluice.perf.validate import _fill
+
+    doc = _table()
+    donors = {g: coeffs_from_dict(d, g) for g, d in doc["gpus"].items()}
+    has = {g: set(v) for g, v in doc["measured_groups"].items()}
+    assert set(doc["priors"]) == set(GPUS) - set(donors)
+    for name in doc["priors"]:
+        want, _ = prior_for(GPUS[name], PRIOR, donors, has, PRIOR, GPUS)
+        assert fitted_coeffs(GPUS[name])[0] == want
+        assert coeffs_from_dict(doc["priors"][name], name) == want
+    # the validation's leave-one-GPU-out prior of a measured GPU is the same computation
+    for g in donors:
+        assert _fill(donors, has, exclude=g)[g] == prior_for(GPUS[g], donors[g], donors, has, PRIOR,
+                                                             GPUS)[0]
+    # a spec the file does not name gets the rule computed at load time: an H200 by another
+    # name takes its die-mate's (H100's) coefficients, prefill from FA3 donors
+    twin = replace(GPUS["h200"], name="h200-nvl")
+    c, src = fitted_coeffs(twin)
+    assert src.startswith("prior:die:GH100@") and c.pattn_eff == donors["h100"].pattn_eff
+    assert c == fitted_coeffs(GPUS["h200"])[0]
+    # FA2-only decode groups come from FA2 donors; prefill of an FA2 GPU from FA2 donors only
+    b200 = fitted_coeffs(GPUS["b200"])[0]
+    assert b200.dattn_swap > 0 and b200.pattn_eff != donors["h100"].pattn_eff
+
+
+@pytest.mark.parametrize("gpu", ["a100-80g", "l40s"])
+def test_one_token_queries_run_fa2_decode_path(gpu) -> None:
+    """A step of one-token prefills only: FA2 sees max_seqlen_q == 1 and runs its decode path
+    (priced by the decode structure, capped at the prefill path's price); the vectorised mirror
+    agrees, and a two-token chunk is never cheaper than a one-token one."""
+    pm = build_perf_model("llama-3.1-8b", gpu, tp=1)
+    a, L = pm.arch, pm.num_layers
+    for ps, ctx in [(1, 0), (2, 0), (64, 0), (256, 0), (8, 3000)]:
+        s = BatchStats(prefill_tokens=ps, prefill_seqs=ps, prefill_attn=ps * (ctx + 1.0),
+                       prefill_ctx=ps * ctx)
+        t = _table(p_seqs=[ps], p_new=[1], p_ctx=[ctx], d_seqs=[0], d_ctx=[0], heads=[a.num_heads],
+                   kv_heads=[a.num_kv_heads], head_dim=[a.head_dim])
+        got = pm.prefill_attn_time(s)
+        assert vec_attn(pm.gpu, pm.c, t)[0] * L == pytest.approx(got, rel=1e-9)
+        assert got <= pm._one_token_time(ps, ps * (ctx + 1.0)) * (1 + 1e-12)
+        two = BatchStats(prefill_tokens=2 * ps, prefill_seqs=ps, prefill_attn=ps * (2 * ctx + 3.0),
+                         prefill_ctx=ps * ctx)
+        assert pm.step_time(two) >= pm.step_time(s)
+    # many one-token sequences: far below the prefill path's block waves
+    s = BatchStats(prefill_tokens=256, prefill_seqs=256, prefill_attn=256.0)
+    blocks = 256 * a.num_heads / pm.gpu.sms * pm.c.pattn_cta * L
+    assert pm.prefill_attn_time(s) < blocks

@@ -12,7 +12,7 @@ Two stages, both here so the data path is readable end to end:
    and weighted linear least squares (attention, all-reduce), using exactly the formulas the
    runtime uses (``vec_*`` below mirror ``roofline.StepCostModel``; a test checks they agree).
 
-GPUs without measurements get a *prior*: the median of the fitted GPUs' coefficients.
+GPUs without measurements get a *prior* from donor GPUs (``perf/priors.py``).
 The end-to-end runs (llmservingsim/bench) are never read here.
 """
 
@@ -31,6 +31,8 @@ import numpy as np
 
 from sluice.perf.fitted import coeffs_path, coeffs_to_dict
 from sluice.perf.hardware import GPUS, GPUSpec
+from sluice.perf.priors import GROUPS as _GROUPS
+from sluice.perf.priors import prior_for, prior_from, prior_key  # noqa: F401 (public here too)
 from sluice.perf.roofline import _LOG2_KNOTS, ATTN_TILE, Coeffs, ar_index
 
 MEASURED = coeffs_path().parent / "measured"
@@ -356,6 +358,11 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     warm = bench_warm(g, copies, nd * ctx_d * kv_tok)
     io_tok = (6.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0  # see StepCostModel._pattn_io
     fa2 = 1.0 if g.flash_attn == 2 else 0.0  # FA2 decode: GQA swap copies, MHA unsplit
+    # one-token queries only (FA2's decode path, ``StepCostModel._one_token_time``): the same
+    # decode features with the prefill sequences as the batch, over their cached keys + 1
+    one = fa2 * ((p_seqs > 0) & (n == 1) & (nd == 0))
+    keys1 = p_seqs * (ctx + n)
+    warm1 = bench_warm(g, copies, keys1 * kv_tok)
     pwarm = bench_warm(g, copies, p_seqs * n * (4.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0)
     return {"pflop": 4.0 * pairs * heads * t["head_dim"] / g.flops_bf16,
             "pscore": pairs * heads / g.flops_bf16,
@@ -376,6 +383,12 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "dstream": fa2 * (heads == t["kv_heads"]) * ctx_d * head_bytes * 1e-9
             * np.ceil(nd * heads / g.sms),
             "any_d": (nd > 0) * 1.0, "nd": nd,
+            "one": one, "o_bytes": keys1 * kv_tok / g.mem_bw * (1.0 - warm1),
+            "o_bytes_l2": keys1 * kv_tok / g.mem_bw * warm1, "o_seq": p_seqs * t["kv_heads"] / g.sms,
+            "o_qh": p_seqs * heads / g.sms,
+            "o_swap": fa2 * ((p_seqs >= 2) & (t["kv_heads"] >= 2) & (heads > t["kv_heads"])),
+            "o_stream": fa2 * (heads == t["kv_heads"]) * (ctx + n) * head_bytes * 1e-9
+            * np.ceil(p_seqs * heads / g.sms),
             "m_waves": np.maximum(ctas / g.sms, 1.0),
             "m_stream": ctx_d * head_bytes * g.sms / g.mem_bw,
             "m_split": mixed_splits(g.sms, nd + p_seqs, heads, n, ctx_d),
@@ -397,6 +410,13 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     pre = np.maximum(np.maximum(flop / eff, crit / c.pattn_crit_eff), pio) \
         + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"] \
         + c.pattn_cta * f["pcta"]
+    one = f["one"]
+    if one.any():  # one-token queries: FA2's decode path, capped at the prefill path's price
+        o = np.maximum((f["o_bytes"] + f["o_bytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
+                       f["o_stream"] * c.dattn_mha_stream) \
+            + c.dattn_launch + c.dattn_seq * f["o_seq"] + c.dattn_qhead * f["o_qh"] \
+            + c.dattn_swap * f["o_swap"]
+        pre = np.where(one > 0, np.minimum(pre, o), pre)
     mix = f["mixed"]
     dbytes = np.maximum((f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
                         f["dstream"] * c.dattn_mha_stream)
@@ -659,45 +679,8 @@ def fit_gpu(tables: dict[str, Table], gpu: str, start: Coeffs) -> Coeffs:
     return _fit_allreduce(c, sub["allreduce"], g)
 
 
-def prior_from(fitted: dict[str, Coeffs], start: Coeffs) -> Coeffs:
-    """Median of fitted GPUs' coefficients: what an unmeasured GPU gets."""
-    if not fitted:
-        return start
-    kw: dict[str, Any] = {}
-    for f in fields(Coeffs):
-        vals = [getattr(c, f.name) for c in fitted.values()]
-        if isinstance(vals[0], tuple):
-            kw[f.name] = tuple(float(x) for x in np.median(np.array(vals), axis=0))
-        else:
-            kw[f.name] = float(np.median(vals))
-    for f in ("step_overhead", "seq_overhead", "scale"):
-        kw[f] = getattr(start, f)
-    return Coeffs(**kw)
-
-
 def measured_gpus(tables: dict[str, Table]) -> list[str]:
     return sorted({str(x) for t in tables.values() for x in t["gpu"]})
-
-
-_GROUPS = {"gemm": ("gemm_eff", "gemm_mem_eff", "gemm_launch", "gemm_k0"),
-           "moe": ("moe_eff", "moe_mem_eff", "moe_launch"),
-           "attn": ("dattn_mem_eff", "dattn_seq", "dattn_launch", "dattn_qhead"),
-           # prefill: FA2's split kernel and FA3 are different kernels (``GPUSpec.flash_attn``),
-           # so donors run the same generation where any measured GPU does (``same_kernel``)
-           "prefill": ("pattn_eff", "pattn_seq", "pattn_cta", "pattn_launch", "pattn_crit_eff",
-                       "pattn_score"),
-           # FA2-only decode structure (``GPUSpec.flash_attn``): the GQA swap copies, and MHA
-           # decode streaming a sequence per SM; only FA2 GPUs with such rows are donors
-           "fa2_swap": ("dattn_swap",),
-           "mha_decode": ("dattn_mha_stream",),
-           # the mixed-batch penalty is a property of vLLM's varlen kernel, not of one chip:
-           # GPUs without mixed-batch measurements take it from those with them
-           "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor",
-                     "mix_dseq"),
-           "allreduce": ("ar_latency", "ar_eff"),
-           "elementwise": ("elementwise_eff", "elementwise_launch", "elementwise_l2"),
-           # benchmark-only L2 read rates: from the GPUs with warm-L2 benchmark rows
-           "l2": ("gemm_l2_bw", "dattn_l2_bw")}
 
 
 def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
@@ -718,76 +701,24 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
     return has
 
 
-def same_kernel(op: str, g: GPUSpec, donors: dict[str, Coeffs]) -> dict[str, Coeffs]:
-    """Donors of coefficient group ``op`` for ``g``: for prefill attention only those running
-    the same flash-attention generation, when there are any (FA3's efficiency curve, block
-    start-up and softmax costs describe another kernel than FA2's); else all of them."""
-    if op != "prefill":
-        return donors
-    same = {d: c for d, c in donors.items() if GPUS[d].flash_attn == g.flash_attn}
-    return same or donors
-
-
-def _die_key(g: GPUSpec) -> str:
-    """``die:<die>@<BF16 peak per SM>``: a prior key that says which silicon, run which way."""
-    return f"die:{g.die}@{g.flops_bf16 / g.sms:.4g}"
-
-
-def _priors(fitted: dict[str, Coeffs], start: Coeffs) -> dict[str, Coeffs]:
-    """Median coefficients per die (``die:GH100@...``, one measured GPU is enough: a product of
-    the same silicon differs only in the spec numbers), per architecture family with at least
-    two measured GPUs (one GPU is not a family median), per interconnect (nvlink / pcie) and
-    overall (``default``)."""
-    priors = {"default": prior_from(fitted, start)}
-    for fam in sorted({GPUS[g].arch for g in fitted}):
-        members = {g: c for g, c in fitted.items() if GPUS[g].arch == fam}
-        if len(members) >= 2:
-            priors[fam] = prior_from(members, start)
-    for key in sorted({_die_key(GPUS[g]) for g in fitted if GPUS[g].die}):
-        priors[key] = prior_from({g: c for g, c in fitted.items() if _die_key(GPUS[g]) == key}, start)
-    for link, flag in (("nvlink", True), ("pcie", False)):
-        members = {g: c for g, c in fitted.items() if GPUS[g].nvlink == flag}
-        if members:
-            priors[link] = prior_from(members, start)
-    return priors
-
-
-def prior_key(g: GPUSpec, priors: dict[str, Any], op: str = "") -> str:
-    """Which prior an unmeasured GPU (or operator class) takes: all-reduce by interconnect;
-    otherwise a measured GPU of the same die whose tensor cores run the same way (BF16 peak
-    per SM within 25%: clock bins differ by less; GeForce AD102 runs FP32-accumulate at half
-    rate, 165 vs 362 TFLOPS for the L40S on nearly as many SMs, so the RTX 4090 is no donor
-    for the L40S), else its family's median, else all GPUs'. ``fitted.fitted_coeffs`` mirrors
-    this on ``coeffs.json``."""
-    if op == "allreduce":
-        key = "nvlink" if g.nvlink else "pcie"
-        return key if key in priors else "default"
-    per_sm = g.flops_bf16 / g.sms
-    for key in priors:
-        if key.startswith(f"die:{g.die}@") and 0.8 <= per_sm / float(key.split("@")[1]) <= 1.25:
-            return key
-    return g.arch if g.arch in priors else "default"
-
-
 def fit_all(tables: dict[str, Table], start: Coeffs, exclude_gpu: str | None = None
-            ) -> tuple[dict[str, Coeffs], dict[str, Coeffs]]:
-    """Per-GPU fits and per-architecture-family priors (``default`` = all GPUs).
-
-    Operator classes a GPU has no rows for are taken from the prior of the GPUs that do
-    (``prior_key``: same die, else family, else all), not from the built-in guess."""
+            ) -> tuple[dict[str, Coeffs], dict[str, set[str]]]:
+    """Per-GPU fits, operator classes a GPU has no rows for taken from the other GPUs' prior
+    (``priors.prior_for``: same die, else family, else all; by flash-attention generation and
+    interconnect where that matters), and the groups each GPU has rows for."""
     gpus = [g for g in measured_gpus(tables) if g != exclude_gpu]
-    fitted = {g: fit_gpu(tables, g, start) for g in gpus}
+    raw = {g: fit_gpu(tables, g, start) for g in gpus}
     has = {g: ops_measured(tables, g) for g in gpus}
-    raw = dict(fitted)
-    for g in gpus:
-        for op, names in _GROUPS.items():
-            donors = same_kernel(op, GPUS[g], {d: c for d, c in raw.items() if op in has[d]})
-            if op in has[g] or not donors:
-                continue
-            pri = _priors(donors, start)
-            src = pri[prior_key(GPUS[g], pri, op)]
-            fitted[g] = _replace(fitted[g], **{n: getattr(src, n) for n in names})
-    return fitted, _priors(fitted, start)
+    fitted = {g: prior_for(GPUS[g], raw[g], raw, has, start, GPUS, keep=has[g])[0] for g in gpus}
+    return fitted, has
+
+
+def unmeasured_priors(fitted: dict[str, Coeffs], has: dict[str, set[str]], start: Coeffs
+                      ) -> dict[str, tuple[Coeffs, dict[str, str]]]:
+    """What each GPU of ``hardware.GPUS`` without measurements gets at runtime: the same rule
+    the validation's unseen-GPU line scores (``validate._fill``)."""
+    return {name: prior_for(spec, start, fitted, has, start, GPUS)
+            for name, spec in GPUS.items() if name not in fitted}
 
 
 def split_key(model: str) -> float:
@@ -805,10 +736,15 @@ def run_fit(shared: Path | None = None, out: Path | None = None) -> dict[str, An
 
         extract_e2e(shared)
     tables = load_tables()
-    fitted, priors = fit_all(tables, PRIOR)
-    doc = {"comment": "written by `sluice perf fit`; efficiencies are fractions of hardware.py peaks",
+    fitted, has = fit_all(tables, PRIOR)
+    pri = unmeasured_priors(fitted, has, PRIOR)
+    doc = {"comment": "written by `sluice perf fit`; efficiencies are fractions of hardware.py peaks; "
+                      "priors: what each unmeasured GPU gets (perf/priors.py), sources: the prior "
+                      "each coefficient group came from",
            "gpus": {g: coeffs_to_dict(c) for g, c in fitted.items()},
-           "priors": {f: coeffs_to_dict(c) for f, c in priors.items()}}
+           "measured_groups": {g: sorted(h) for g, h in has.items()},
+           "priors": {g: coeffs_to_dict(c) for g, (c, _) in pri.items()},
+           "prior_sources": {g: k for g, (_, k) in pri.items()}}
     path = out or coeffs_path()
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return {"written": str(path), "gpus": sorted(fitted), "rows": counts or

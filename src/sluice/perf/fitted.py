@@ -4,21 +4,22 @@ Why efficiencies and not per-model tables: an efficiency (fraction of the GPU's 
 bandwidth that a kernel reaches at a given size) transfers across models, because a model only
 changes the GEMM shapes and head counts; so one fit per GPU prices every Llama/Qwen/Mistral/
 Mixtral-style model with no profiling. ``sluice perf fit`` (fit.py) writes
-``sluice/data/perf/coeffs.json``: one entry per measured GPU plus priors (the median of the
-measured GPUs of one die, of one architecture family with two or more, or of all) used for GPUs
-never measured (H200 takes H100's die, GH100; B200 the all-GPU median).
+``sluice/data/perf/coeffs.json``: one entry per measured GPU plus the coefficients of each GPU
+never measured, built group by group from donor GPUs (``perf/priors.py``: a measured GPU of the
+same die, else the family median, else all; by flash-attention generation and interconnect
+where that matters; H200 takes H100's die, GH100).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sluice.errors import ConfigError
-from sluice.perf.hardware import GPUSpec
+from sluice.perf.hardware import GPUS, GPUSpec
 from sluice.perf.roofline import Coeffs
 
 # Used only when no coefficient file ships (before `sluice perf fit` ran): typical fractions of
@@ -62,24 +63,26 @@ def _table() -> dict[str, Any]:
 
 
 def fitted_coeffs(gpu: GPUSpec, table: dict[str, Any] | None = None) -> tuple[Coeffs, str]:
-    """Coefficients for ``gpu`` and where they came from ("measured:<gpu>", "prior:die:<die>",
-    "prior:<arch>", "prior:default")."""
+    """Coefficients for ``gpu`` and where they came from: "measured:<gpu>", or for a GPU
+    without measurements "prior:<key>" (the prior its GEMMs came from: "die:GH100@...",
+    "<arch>" or "default"). Unmeasured GPUs of ``hardware.GPUS`` read the priors ``sluice perf
+    fit`` wrote; any other spec gets them computed here by the same rule
+    (``priors.prior_for``, also what ``sluice perf validate`` scores as an unseen GPU)."""
     t = _table() if table is None else table
     gpus = t.get("gpus", {})
     if gpu.name in gpus:
         return coeffs_from_dict(gpus[gpu.name], f"coeffs.json gpus.{gpu.name}"), f"measured:{gpu.name}"
-    priors = t.get("priors", {})
-    # a measured GPU of the same die run the same way, else the family median, else all
-    # GPUs' (the rule and its reasons: ``fit.prior_key``)
-    per_sm = gpu.flops_bf16 / max(gpu.sms, 1)
-    fam = next((k for k in priors if k.startswith(f"die:{gpu.die}@")
-                and 0.8 <= per_sm / float(k.split("@")[1]) <= 1.25),
-               gpu.arch if gpu.arch in priors else "default")
-    if fam not in priors:
+    pri = t.get("priors", {})
+    if gpu.name in pri and GPUS.get(gpu.name) == gpu:
+        keys = t.get("prior_sources", {}).get(gpu.name, {})
+        return (coeffs_from_dict(pri[gpu.name], f"coeffs.json priors.{gpu.name}"),
+                f"prior:{keys.get('gemm', 'builtin')}")
+    if not gpus:
         return PRIOR, "prior:builtin"
-    c = coeffs_from_dict(priors[fam], f"coeffs.json priors.{fam}")
-    link = "nvlink" if gpu.nvlink else "pcie"
-    if link in priors:  # all-reduce cost follows the interconnect, not the chip family
-        lc = coeffs_from_dict(priors[link], f"coeffs.json priors.{link}")
-        c = replace(c, ar_latency=lc.ar_latency, ar_eff=lc.ar_eff)
-    return c, f"prior:{fam}"
+    from sluice.perf.priors import prior_for
+
+    donors = {g: coeffs_from_dict(d, f"coeffs.json gpus.{g}") for g, d in gpus.items()}
+    has = {g: set(v) for g, v in t.get("measured_groups", {}).items()}
+    specs = {**GPUS, gpu.name: gpu}
+    c, keys = prior_for(gpu, PRIOR, {g: v for g, v in donors.items() if g in GPUS}, has, PRIOR, specs)
+    return c, f"prior:{keys.get('gemm', 'builtin')}"

@@ -21,7 +21,8 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
   KV-cache traffic, plus KV read of the cached context and a cost per wave of thread blocks
   (``prefill_blocks``); decode reads ``decode_ctx`` tokens of KV, plus per-layer,
   per thread-block-wave and per-query-head costs, and on FA2 GPUs the GQA swap copies and MHA
-  decode's per-SM streaming (``decode_fixed`` / ``decode_slope``); in a mixed prefill+decode step the decode rows run one block per
+  decode's per-SM streaming (``decode_fixed`` / ``decode_slope``; a step of one-token
+  prefills only runs FA2's decode path too, ``_one_token_time``); in a mixed prefill+decode step the decode rows run one block per
   query head without GQA packing, split-KV only when the grid is small, heads reusing KV
   through L2 while it fits, side by side with the prefill blocks when all fit in one wave
   (``mixed_decode_time``);
@@ -220,6 +221,7 @@ class StepCostModel:
         self._dec_qwaves = self._heads_gpu / gpu.sms  # query heads per sequence, per SM
         grouped = self._heads_gpu > self._kv_heads_gpu
         fa2 = gpu.flash_attn == 2  # FA3 packs the group in the kernel and splits MHA decode too
+        self._fa2 = fa2
         # GQA swap transposes (two copy kernels) when neither batch nor KV heads is 1
         self._dec_swap = coeffs.dattn_swap if fa2 and grouped and self._kv_heads_gpu >= 2 else 0.0
         self._head_bytes = 2.0 * arch.head_dim * arch.kv_bytes  # K+V of one token, one head
@@ -339,7 +341,30 @@ class StepCostModel:
                                                  self._kv_heads_gpu, chunk)
         per = self.num_layers * (c.pattn_launch + c.pattn_seq * s.prefill_seqs
                                  + c.pattn_cta * blocks / self.gpu.sms)
-        return max(flops_t, crit, io) + ctx_t + per
+        t = max(flops_t, crit, io) + ctx_t + per
+        if self._fa2 and s.prefill_tokens == s.prefill_seqs and not s.decode_seqs:
+            one = self._one_token_time(s.prefill_seqs, s.prefill_ctx + s.prefill_tokens)
+            return one if one < t else t
+        return t
+
+    def _one_token_time(self, seqs: int, keys: float) -> float:
+        """A step of one-token queries only (every chunk is one token, no decodes), unscaled.
+        FA2 then sees ``max_seqlen_q == 1`` and runs its decode path (GQA swap copies, split-KV
+        or MHA per-SM streaming, ``decode_fixed`` / ``decode_slope`` without the scale): the
+        grid's one-token "prefills" of 256 sequences × 48 query / 1 KV heads take 23 µs on A100
+        where the prefill path's block waves price 150-390 µs. Capped at the prefill path's
+        price: at 2-4 sequences with grouped heads the swap copies make a one-token batch
+        dearer than a 16-token one (A100: 18 vs 11.5 µs), and the model keeps "more work never
+        costs less" (a 2-token chunk is priced on the prefill path) rather than that inversion."""
+        c = self.c
+        swap = self._dec_swap if seqs >= 2 else 0.0
+        fixed = self.num_layers * (c.dattn_launch + c.dattn_seq * seqs * self._dec_waves
+                                   + c.dattn_qhead * seqs * self._dec_qwaves + swap)
+        slope = self._pctx_slope
+        if self._mha_stream > 0.0:
+            st = self._mha_stream * math.ceil(seqs * self._heads_gpu / self.gpu.sms) / seqs
+            slope = st if st > slope else slope
+        return fixed + slope * keys
 
     def decode_fixed(self, seqs: int) -> float:
         """Decode-attention cost independent of context length: launch, waves of thread blocks

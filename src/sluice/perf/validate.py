@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from sluice.perf.fit import (MEASURED, Table, _GROUPS, _priors, _replace, fit_gpu, load_tables,
-                             vec_attn, vec_gemm,
-                             measured_gpus, ops_measured, predict, prior_key, same_kernel, split_key)
+from sluice.perf.fit import (MEASURED, Table, fit_gpu, load_tables, measured_gpus, ops_measured,
+                             predict, split_key, vec_attn, vec_gemm)
 from sluice.perf.fitted import PRIOR, coeffs_path
 from sluice.perf.hardware import GPUS
+from sluice.perf.priors import prior_for
 from sluice.perf.roofline import Coeffs
 
 DATA = coeffs_path().parent
@@ -70,21 +70,13 @@ def _split(tables: dict[str, Table]) -> tuple[dict[str, Table], dict[str, Table]
 
 def _fill(raw: dict[str, Coeffs], has: dict[str, set[str]], exclude: str | None = None
           ) -> dict[str, Coeffs]:
-    """Operator classes a GPU has no rows for come from the other GPUs' prior (as in fit)."""
+    """Operator classes a GPU has no rows for come from the other GPUs' prior; ``exclude``
+    (the unseen GPU) gets every class from the others' prior: the function that writes the
+    runtime priors of unmeasured GPUs into coeffs.json (``priors.prior_for``)."""
     pool = {g: c for g, c in raw.items() if g != exclude}
-    out = dict(raw)
-    for g in raw:
-        for op, names in _GROUPS.items():
-            if op in has[g] and g != exclude:
-                continue
-            donors = {d: c for d, c in pool.items() if op in has[d] and d != g}
-            donors = same_kernel(op, GPUS[g], donors)
-            if not donors:
-                continue
-            pri = _priors(donors, PRIOR)
-            src = pri[prior_key(GPUS[g], pri, op)]
-            out[g] = _replace(out[g], **{n: getattr(src, n) for n in names})
-    return out
+    return {g: prior_for(GPUS[g], c, pool, has, PRIOR, GPUS,
+                         keep=has[g] if g != exclude else frozenset())[0]
+            for g, c in raw.items()}
 
 
 def _score(test: dict[str, Table], coeffs: dict[str, Coeffs]) -> list[tuple[str, str, str, float, float]]:

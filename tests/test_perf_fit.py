@@ -175,7 +175,8 @@ def test_warm_l2_prices_benchmark_rows_only() -> None:
     fitted L2 rate; rows of cold sources and the runtime (no ``copies``) stay at DRAM speed."""
     pm = build_perf_model("llama-3.1-8b", "l40s", tp=1)
     g, c = pm.gpu, pm.c
-    assert c.gemm_l2_bw > 1.0  # L40S (96 MB L2): small weights run above the DRAM roofline
+    # L40S (96 MB L2): small weights run above the DRAM roofline
+    assert g.l2_bw * c.gemm_l2_eff > g.mem_bw * c.gemm_mem_eff
     m, n, k = np.array([4.0, 4.0]), np.array([1024.0, 8192.0]), np.array([4096.0, 8192.0])
     cold = vec_gemm(g, c, m, n, k)
     warm = vec_gemm(g, c, m, n, k, copies=np.array([6.0, 6.0]))
@@ -183,6 +184,64 @@ def test_warm_l2_prices_benchmark_rows_only() -> None:
     assert warm[1] == cold[1]  # 6 x 128 MB does not
     assert vec_gemm(g, c, m, n, k, copies=np.zeros(2)).tolist() == cold.tolist()
     assert cold[0] == pytest.approx(pm.gemm_time(4.0, 1024, 4096), rel=1e-12)
+
+
+def test_warm_l2_rates_are_never_read_by_the_runtime() -> None:
+    """The warm-L2 read efficiencies (and the L2 bandwidth they multiply) price benchmark rows
+    only: a StepCostModel with other values, or on a GPU spec with another ``l2_bw``, costs
+    every step the same."""
+    import inspect
+    from dataclasses import replace
+
+    from sluice.perf import roofline
+    from sluice.perf.registry import with_coeffs
+    from sluice.perf.roofline import StepCostModel
+
+    src = inspect.getsource(StepCostModel)
+    assert "l2_eff" not in src and "l2_bw" not in src
+    base = build_perf_model("llama-3.1-8b", "l40s", tp=1)
+    other = with_coeffs(base, gemm_l2_eff=0.9, dattn_l2_eff=0.05)
+    fast = roofline.StepCostModel(base.arch, replace(base.gpu, l2_bw=1e15), base.tp, base.c,
+                                  name=base.name, max_model_len=base.max_model_len,
+                                  kv_blocks_fn=base._kv_blocks_fn, ep=base.ep)
+    steps = [BatchStats(prefill_tokens=512, prefill_seqs=1, prefill_attn=512 * 513 / 2,
+                        max_prefill_chunk=512),
+             BatchStats(decode_seqs=32, decode_ctx=32 * 900),
+             BatchStats(prefill_tokens=256, prefill_seqs=1, prefill_attn=256 * 257 / 2,
+                        max_prefill_chunk=256, decode_seqs=8, decode_ctx=8 * 2000)]
+    for s in steps:
+        assert other.step_time(s) == base.step_time(s) == fast.step_time(s)
+    assert other.decode_line(16) == base.decode_line(16) == fast.decode_line(16)
+
+
+def test_unseen_gpu_warm_rate_scales_with_its_own_l2_bandwidth() -> None:
+    """A GPU without warm rows takes the donors' median *efficiency* (``priors.prior_for``),
+    and its warm read rate is that efficiency times its own spec L2 bandwidth; an unknown L2
+    bandwidth (0) reads warm rows at the cold rate."""
+    from dataclasses import replace
+
+    from sluice.perf.fit import l2_factor
+    from sluice.perf.fitted import PRIOR
+    from sluice.perf.priors import prior_for
+    from sluice.perf.roofline import Coeffs
+
+    donors = {"a100-80g": replace(PRIOR, gemm_l2_eff=0.2, dattn_l2_eff=0.3),
+              "h100": replace(PRIOR, gemm_l2_eff=0.4, dattn_l2_eff=0.5)}
+    has = {d: {"l2"} for d in donors}
+    g = replace(GPUS["l40s"], name="test-gpu", die="test")
+    c, keys = prior_for(g, Coeffs(), donors, has, PRIOR, GPUS)
+    assert keys["l2"] == "default"
+    assert c.gemm_l2_eff == pytest.approx(0.3) and c.dattn_l2_eff == pytest.approx(0.4)
+    m, n, k, six = np.array([4.0]), np.array([1024.0]), np.array([4096.0]), np.array([6.0])
+    cold = g.mem_bw * c.gemm_mem_eff
+    for bw in (4e12, 8e12):  # warm memory time = bytes / (l2_bw x eff), above the cold rate
+        gg = replace(g, l2_bw=bw)
+        assert l2_factor(gg, cold, c.gemm_l2_eff) == pytest.approx(cold / (bw * 0.3))
+    t4, t8 = (vec_gemm(replace(g, l2_bw=bw), c, m, n, k, copies=six)[0] - c.gemm_launch
+              for bw in (4e12, 8e12))
+    assert t8 == pytest.approx(t4 / 2.0)  # memory-bound: twice the L2 bandwidth, half the time
+    assert l2_factor(replace(g, l2_bw=0.0), cold, c.gemm_l2_eff) == 1.0
+    assert l2_factor(replace(g, l2_bw=1e9), cold, c.gemm_l2_eff) == 1.0  # never below cold
 
 
 def test_split_kv_mirror_matches_runtime() -> None:

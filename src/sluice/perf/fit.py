@@ -295,6 +295,14 @@ def bench_warm(g: GPUSpec, copies: np.ndarray | None, working_set: np.ndarray,
     return ((copies > 0) & (copies * working_set + shared <= g.l2_bytes)) * 1.0
 
 
+def l2_factor(g: GPUSpec, cold_rate: np.ndarray | float, eff: float) -> np.ndarray | float:
+    """Warm-row read time as a fraction of the cold time: the cold rate (DRAM bandwidth x the
+    fitted memory efficiency) over the warm rate ``g.l2_bw`` x ``eff`` (``Coeffs.gemm_l2_eff``,
+    ``dattn_l2_eff``), the warm rate never below the cold one; 1 where the L2 bandwidth is
+    unknown (``l2_bw`` 0). Benchmark pricing only: ``StepCostModel`` never calls it."""
+    return cold_rate / np.maximum(g.l2_bw * eff, cold_rate)
+
+
 # ---- vectorised mirrors of the runtime formulas ---------------------------------------------
 def _eff(m: np.ndarray, table: tuple[float, ...]) -> np.ndarray:
     x = np.log2(np.maximum(m, 1.0))
@@ -307,7 +315,7 @@ def vec_gemm(g: GPUSpec, c: Coeffs, m, n, k, wb: int = 2, copies=None) -> np.nda
     t_m = (n * k * wb + 2.0 * m * (n + k)) / (g.mem_bw * c.gemm_mem_eff)
     if copies is not None:
         warm = bench_warm(g, copies, n * k * wb + 2.0 * m * n, 2.0 * m * k)
-        t_m = t_m * (1.0 - warm + warm / c.gemm_l2_bw)
+        t_m = t_m * (1.0 - warm + warm * l2_factor(g, g.mem_bw * c.gemm_mem_eff, c.gemm_l2_eff))
     return np.maximum(t_c, t_m) + c.gemm_launch
 
 
@@ -406,19 +414,20 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     eff = np.interp(f["log_pwork"], knots, np.asarray(c.pattn_eff))
     flop = f["pflop"] + c.pattn_score * f["pscore"]
     crit = f["pcrit"] + c.pattn_score * f["pcrit_score"]
-    pio = (f["pio"] + f["pio_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff
+    l2f = l2_factor(g, g.mem_bw * c.dattn_mem_eff, c.dattn_l2_eff)  # warm benchmark rows
+    pio = (f["pio"] + f["pio_l2"] * l2f) / c.dattn_mem_eff
     pre = np.maximum(np.maximum(flop / eff, crit / c.pattn_crit_eff), pio) \
         + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"] \
         + c.pattn_cta * f["pcta"]
     one = f["one"]
     if one.any():  # one-token queries: FA2's decode path, capped at the prefill path's price
-        o = np.maximum((f["o_bytes"] + f["o_bytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
+        o = np.maximum((f["o_bytes"] + f["o_bytes_l2"] * l2f) / c.dattn_mem_eff,
                        f["o_stream"] * c.dattn_mha_stream) \
             + c.dattn_launch + c.dattn_seq * f["o_seq"] + c.dattn_qhead * f["o_qh"] \
             + c.dattn_swap * f["o_swap"]
         pre = np.where(one > 0, np.minimum(pre, o), pre)
     mix = f["mixed"]
-    dbytes = np.maximum((f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff,
+    dbytes = np.maximum((f["dbytes"] + f["dbytes_l2"] * l2f) / c.dattn_mem_eff,
                         f["dstream"] * c.dattn_mha_stream)
     dec = (dbytes + c.dattn_launch * f["any_d"] + c.dattn_seq * f["dseq"] + c.dattn_qhead * f["dqh"]
            + c.dattn_swap * f["dswap"]) * (1.0 - mix)
@@ -525,26 +534,37 @@ def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, l
     if len(t) == 0:
         return c
     meas = t["time_s"]
+    warm_rows = op == "gemm" and g.l2_bw > 0 and bool(bench_warm(
+        g, t.cols.get("l2_copies"), t["n"] * t["k"] * 2.0 + 2.0 * t["m"] * t["n"],
+        2.0 * t["m"] * t["k"]).any())
+    # Warm rows' read rate, searched as a multiple (1-5x) of the current cold rate and stored as
+    # a fraction of the GPU's L2 bandwidth (``gemm_l2_eff``, see ``l2_factor``). The multiple is
+    # held while the cold efficiency moves, so the warm rows do not pull on it.
+    mult = [1.0]
+
+    def warm_eff(cc: Coeffs, m: float) -> Coeffs:
+        return _replace(cc, gemm_l2_eff=m * g.mem_bw * cc.gemm_mem_eff / g.l2_bw) if warm_rows else cc
 
     def f(cc: Coeffs) -> float:
-        return _loss(predict(op, g, cc, t), meas)
+        return _loss(predict(op, g, warm_eff(cc, mult[0]), t), meas)
 
     eff_grid = np.geomspace(0.005, 1.3, 60)
     c = _search_level(c, curve, eff_grid, f)
-    warm_rows = op == "gemm" and bool(bench_warm(g, t.cols.get("l2_copies"),
-                                                  t["n"] * t["k"] * 2.0 + 2.0 * t["m"] * t["n"],
-                                                  2.0 * t["m"] * t["k"]).any())
     for _ in range(3):
         c = _search(c, mem, None, np.linspace(0.3, 1.2, 46), f)
         c = _search(c, launch, None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), f)
         if warm_rows:
-            c = _search(c, "gemm_l2_bw", None, np.geomspace(1.0, 5.0, 41), f)
+            best = f(c)  # keep the current multiple unless a grid value is strictly better
+            for m in np.geomspace(1.0, 5.0, 41):
+                loss = _loss(predict(op, g, warm_eff(c, float(m)), t), meas)
+                if loss < best:
+                    best, mult[0] = loss, float(m)
         if op == "gemm":
             c = _search(c, "gemm_k0", None, np.concatenate([[0.0], np.geomspace(16.0, 4096.0, 33)]), f)
         for i in range(len(_LOG2_KNOTS)):
             c = _search(c, curve, i, eff_grid, f)
         c = _replace(c, **{curve: _monotone(getattr(c, curve))})
-    return c
+    return warm_eff(c, mult[0])
 
 
 def _wls(cols: list[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -598,7 +618,8 @@ def _fit_decode(c: Coeffs, td: Table, g: GPUSpec) -> Coeffs:
     mha = f["dstream"] > 0
     c = _replace(c, dattn_mha_stream=0.0)
     cols = ["dbytes", "any_d", "dseq", "dqh", "dswap"]
-    warm = (f["dbytes_l2"] > 0).sum() >= 4  # benchmark rows whose KV stays in L2: own read rate
+    # benchmark rows whose KV stays in L2: own read rate (where the L2 bandwidth is known)
+    warm = (f["dbytes_l2"] > 0).sum() >= 4 and g.l2_bw > 0
     if warm:
         cols.append("dbytes_l2")
 
@@ -606,13 +627,15 @@ def _fit_decode(c: Coeffs, td: Table, g: GPUSpec) -> Coeffs:
         return _loss(vec_attn(g, cc, td, f), y)
 
     for _ in range(3 if mha.sum() >= 4 else 1):
-        dram = (f["dbytes"] + f["dbytes_l2"] / c.dattn_l2_bw) / c.dattn_mem_eff
+        dram = (f["dbytes"] + f["dbytes_l2"] * l2_factor(g, g.mem_bw * c.dattn_mem_eff,
+                                                          c.dattn_l2_eff)) / c.dattn_mem_eff
         keep = f["dstream"] * c.dattn_mha_stream <= dram
         s = _wls([f[k][keep] for k in cols], y[keep])
         kw = dict(dattn_mem_eff=1.0 / max(s[0], 1.0 / 1.3), dattn_launch=float(s[1]),
                   dattn_seq=float(s[2]), dattn_qhead=float(s[3]), dattn_swap=float(s[4]))
-        if warm:
-            kw["dattn_l2_bw"] = max(float(s[0] / max(s[5], 1e-12)), 1.0)
+        if warm:  # seconds per cold-rate byte-time s[5] -> warm rate mem_bw / s[5] (>= cold)
+            rate = max(g.mem_bw / max(float(s[5]), 1e-12), g.mem_bw * kw["dattn_mem_eff"])
+            kw["dattn_l2_eff"] = rate / g.l2_bw
         c = _replace(c, **kw)
         if mha.sum() >= 4:
             c = _search(c, "dattn_mha_stream", None,
@@ -696,7 +719,9 @@ def ops_measured(tables: dict[str, Table], gpu: str) -> set[str]:
         has.add("mha_decode")
     if (dec & (a["d_seqs"] >= 2) & (a["kv_heads"] >= 2) & (a["heads"] > a["kv_heads"])).any():
         has.add("fa2_swap")
-    if any(((t["gpu"] == gpu) & (t["l2_copies"] > 0)).any() for t in tables.values()):
+    # warm-L2 benchmark rows, on a GPU whose L2 bandwidth is known (the efficiency is of it)
+    if GPUS[gpu].l2_bw > 0 and any(((t["gpu"] == gpu) & (t["l2_copies"] > 0)).any()
+                                   for t in tables.values()):
         has.add("l2")
     return has
 

@@ -37,6 +37,28 @@ Sources (checked 2026):
   AD102), A40 6 MB (Ampere GA102 whitepaper), RTX 4090 72 MB (Ada whitepaper appendix: 73,728
   KB), RTX PRO 6000 Blackwell 128 MB (RTX Blackwell whitepaper: GB202). B200: not in its
   datasheet, left 0 (= never warm).
+* L2 read bandwidth (``l2_bw``, bytes/s; benchmark pricing only, like ``l2_bytes``: the rate at
+  which a re-run kernel reads L2-resident data is ``l2_bw`` x a fitted efficiency, see
+  ``perf.fit.l2_factor``). One source for all values, so that they are measured the same way:
+  the ``gpu-l2-cache`` microbenchmark of te42kyfo/gpu-benches (D. Ernst, NHR@FAU;
+  https://github.com/te42kyfo/gpu-benches, result files ``gpu-l2-cache/<gpu>.txt``: thread
+  blocks read a data set that fits in L2 over and over; the value is the plateau of its
+  "Eff. bw" column for data sets of a few MB up to the L2 size, before it drops to DRAM speed):
+  A100 80 GB SXM 5.4 TB/s (``a100_80.txt``: 5.3-5.5 TB/s for 2-25 MB); A100 40 GB: the same
+  figure, *derived* (same GA100, 108 SMs, 1,410 MHz boost and 40 MB L2 per the A100 whitepaper;
+  only the HBM differs; NVIDIA's own figure, 5,120 B/clk x 1.41 GHz = 7.2 TB/s, is the
+  theoretical peak of the same L2); H200 9.8 TB/s (``h200.txt``: 9.7-10.1 TB/s for 8-40 MB);
+  H100 SXM5: the H200 figure, *derived* (same GH100 with 132 SMs and 50 MB L2 at the same
+  1,980 MHz boost, 700 W; the H200 differs in its HBM3e: H100 whitepaper, H200 datasheet,
+  clocks as listed at https://glennklockwood.com/garden/processors/h100 and
+  https://hmc-tech.com/gpu/nvidia-h100-vs-nvidia-h200-sxm-vs-nvidia-gb200); H100 PCIe 6.9 TB/s (``h100_pcie.txt``:
+  6.8-7.0 TB/s for 7-33 MB; 114 SMs, 1,755 MHz, 350 W); L40S: the L40's 5.2 TB/s
+  (``l40.txt``: 5.1-5.3 TB/s for 2-90 MB), *derived* (same AD102 with 142 SMs and 96 MB L2;
+  boost clock 2,490 MHz for the L40 and 2,520 MHz for the L40S, 1.2% apart, not scaled; as
+  listed at https://pcpartdb.com/gpus/compare/nvidia-l40--vs--nvidia-l40s); A40
+  2.4 TB/s (``gpu-cache/a40.txt``, the all-blocks-read-one-buffer variant: 2.3-2.45 TB/s for
+  0.3-6 MB at 1,725-1,740 MHz). RTX 4090, RTX PRO 6000 and B200: no figure from that source,
+  left 0 (= unknown: a warm row is priced at the cold rate; none of them has warm rows).
 * Die (``die``, the silicon a product is cut from; a GPU without measurements takes the
   coefficients of a measured GPU of the same die, whose clock, bandwidth and SM differences are
   already in these spec numbers): A100 40/80 GB GA100 (A100 architecture whitepaper), H100
@@ -79,6 +101,7 @@ class GPUSpec:
     arch: str  # "ampere", "ada", "hopper", "blackwell", "cpu"
     sms: int = 1  # streaming multiprocessors (thread blocks run in waves of ``sms``)
     l2_bytes: int = 0  # last-level cache; benchmark pricing only (the runtime reads cold)
+    l2_bw: float = 0.0  # measured L2 read bandwidth, bytes/s; benchmark pricing only; 0 = unknown
     die: str = ""  # silicon (GA100, GH100, AD102, ...): which measured GPU's coefficients transfer
     flash_attn: int = 2  # flash-attention generation vLLM runs here (3 on Hopper, else 2)
 
@@ -93,21 +116,21 @@ def _mb(x: float) -> int:
 
 GPUS: dict[str, GPUSpec] = {
     "a100-40g": GPUSpec("a100-40g", 312e12, 0.0, 1.555e12, _gib(39.4), 300e9, 25e9, True, "ampere", 108,
-                        _mb(40), die="GA100"),
+                        _mb(40), die="GA100", l2_bw=5.4e12),
     "a100-80g": GPUSpec("a100-80g", 312e12, 0.0, 2.039e12, _gib(79.15), 300e9, 25e9, True, "ampere", 108,
-                        _mb(40), die="GA100"),
+                        _mb(40), die="GA100", l2_bw=5.4e12),
     "h100": GPUSpec("h100", 989.5e12, 1979e12, 3.35e12, _gib(79.19), 450e9, 50e9, True, "hopper", 132,
-                    _mb(50), die="GH100", flash_attn=3),
+                    _mb(50), die="GH100", flash_attn=3, l2_bw=9.8e12),
     "h100-pcie": GPUSpec("h100-pcie", 756e12, 1513e12, 2.0e12, _gib(79.19), 300e9, 50e9, True, "hopper", 114,
-                         _mb(50), die="GH100", flash_attn=3),
+                         _mb(50), die="GH100", flash_attn=3, l2_bw=6.9e12),
     "h200": GPUSpec("h200", 989.5e12, 1979e12, 4.8e12, _gib(139.8), 450e9, 50e9, True, "hopper", 132,
-                    _mb(50), die="GH100", flash_attn=3),
+                    _mb(50), die="GH100", flash_attn=3, l2_bw=9.8e12),
     "b200": GPUSpec("b200", 2250e12, 4500e12, 7.7e12, _gib(178.4), 900e9, 50e9, True, "blackwell", 148,
                     die="GB100"),
     "l40s": GPUSpec("l40s", 362e12, 733e12, 0.864e12, _gib(44.4), 25e9, 25e9, False, "ada", 142, _mb(96),
-                    die="AD102"),
+                    die="AD102", l2_bw=5.2e12),
     "a40": GPUSpec("a40", 149.7e12, 0.0, 0.696e12, _gib(44.4), 56e9, 25e9, True, "ampere", 84, _mb(6),
-                   die="GA102"),
+                   die="GA102", l2_bw=2.4e12),
     "rtx-4090": GPUSpec("rtx-4090", 165.2e12, 330.3e12, 1.008e12, 25_250_627_584, 25e9, 25e9, False, "ada", 128,
                         _mb(72), die="AD102"),
     "rtx-pro-6000": GPUSpec("rtx-pro-6000", 503.8e12, 1007.6e12, 1.792e12, _gib(94.97), 50e9, 50e9, False,

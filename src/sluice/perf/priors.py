@@ -44,8 +44,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor", "mix_dseq"),
     "allreduce": ("ar_latency", "ar_eff"),
     "elementwise": ("elementwise_eff", "elementwise_launch", "elementwise_l2"),
-    # benchmark-only L2 read rates: from the GPUs with warm-L2 benchmark rows
-    "l2": ("gemm_l2_bw", "dattn_l2_bw"),
+    # benchmark-only L2 read efficiencies (of each GPU's own ``l2_bw``): from the GPUs with
+    # warm-L2 benchmark rows
+    "l2": ("gemm_l2_eff", "dattn_l2_eff"),
 }
 # groups whose donors must run the same flash-attention generation when any does
 KERNEL_GROUPS = frozenset({"prefill"})

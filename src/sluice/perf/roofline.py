@@ -112,10 +112,13 @@ class Coeffs:
     scale: float = 1.0  # calibration multiplier on the whole step
     # Benchmark-only (never read by StepCostModel): isolated-kernel benchmarks re-run one kernel,
     # so data that fits in L2 is read at L2 speed; a step streams every layer and reads cold.
-    # Read rate of L2-resident data as a multiple of the cold (DRAM) rate, fitted per GPU on the
-    # warm benchmark rows so that the cold efficiencies above are not biased by them.
-    gemm_l2_bw: float = 1.0
-    dattn_l2_bw: float = 1.0
+    # Read rate of L2-resident data = ``GPUSpec.l2_bw`` (measured L2 bandwidth) x this
+    # efficiency, never below the cold rate (``perf.fit.l2_factor``); fitted per GPU on the warm
+    # benchmark rows so that the cold efficiencies above are not biased by them. A fraction of a
+    # spec number, like the other efficiencies, so a GPU without rows takes the donors' median
+    # efficiency times its own L2 bandwidth. 0 = warm rows read at the cold rate.
+    gemm_l2_eff: float = 0.0
+    dattn_l2_eff: float = 0.0
 
 
 def _interp_log2(m: float, table: tuple[float, ...]) -> float:

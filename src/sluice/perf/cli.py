@@ -109,7 +109,7 @@ def _source_line(h: dict[str, Any]) -> str:
 def format_report(r: dict[str, Any]) -> str:
     out = []
     h = r["heldout_models"]
-    out.append(f"held-out models (MAPE %, n rows): overall {h['overall']['mape']} "
+    out.append(f"held-out rows: models + 30% of grid shapes (MAPE %, n rows): overall {h['overall']['mape']} "
                f"(median APE {h['overall']['median_ape']}, n={h['overall']['n']}, "
                f"mean of op classes {h['overall']['mean_of_op_classes']})")
     for key in ("by_op", "by_gpu", "by_model"):

@@ -335,17 +335,11 @@ class KVCache:
         done = self.hashed_count.get(req.id, 0)
         if done > n_full or np.count_nonzero(ref[arr] - 1):
             return False
-        if n_full > done:
-            stamped = arr[done:n_full]
-            self.block_hash[stamped] = _stamps(req, done, n_full)
-            self.has_hash[stamped] = True
+        self._register(req, arr)  # stamps blocks done..n_full-1
         ref[arr] = 0
         if n_full:
             self.lru.push(arr[n_full - 1::-1])
-        plain = arr[n_full:][::-1]
-        top = self._free_top
-        self._free_stack[top: top + len(plain)] = plain
-        self._free_top = top + len(plain)
+        self._push_free(arr[n_full:][::-1])
         return True
 
     def _release(self, blocks: list[int]) -> None:
@@ -377,6 +371,10 @@ class KVCache:
             plain = idle[~hashed]
         else:
             plain = idle
+        self._push_free(plain)
+
+    def _push_free(self, plain: np.ndarray) -> None:
+        """Put hash-free ``plain`` blocks on the free stack, the first one deepest."""
         top = self._free_top
         self._free_stack[top: top + len(plain)] = plain
         self._free_top = top + len(plain)

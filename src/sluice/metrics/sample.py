@@ -76,8 +76,8 @@ class WeightedSample:
 def itl_sample(scheduler) -> WeightedSample:
     """A scheduler's inter-token latencies (one by one, fast-forwarded runs' gaps times their
     batch size, and compacted ones with their counts) as one weighted sample."""
-    one_by_one, seen = equal_runs(np.asarray(scheduler.itls, dtype=np.float64))
-    gaps, counts = [one_by_one], [seen]
+    one_by_one, repeats = equal_runs(np.asarray(scheduler.itls, dtype=np.float64))
+    gaps, counts = [one_by_one], [repeats]
     run_ends, run_lens, run_batches = [], [], []
     for values, seen in scheduler.itl_runs:  # (gaps, counts) or (a run's step ends, batch)
         if isinstance(seen, np.ndarray):

@@ -208,6 +208,7 @@ class StepCostModel:
         L = arch.num_layers
         self._dec_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff) * coeffs.scale
         self._slopes: dict[int, float] = {}  # decode slope per batch size (MHA per-SM streaming)
+        self._lines: dict[int, tuple[float, float, float]] = {}  # decode_line per batch
         self._pctx_slope = L * kv_layer_gpu / (gpu.mem_bw * coeffs.dattn_mem_eff)
         # flash-attention thread blocks: 128 query rows of one head; the last block of a chunk
         # attends to the whole context (its FLOPs on one SM are the critical path)
@@ -462,8 +463,11 @@ class StepCostModel:
         KV tokens costs ``(slope * ctx + fixed) + base``, the very float operations of
         ``decode_run`` and ``step_time`` — for pricing a few steps without numpy's per-call
         overhead (most fast-forward runs are cut by an arrival after a handful of steps)."""
-        base = (self.token_time(batch + 0.0, batch) + 0.0) * self.c.scale
-        return base, self.decode_fixed(batch), self.decode_slope(batch)
+        line = self._lines.get(batch)
+        if line is None:  # a pure function of the batch size, asked again by every run
+            base = (self.token_time(batch + 0.0, batch) + 0.0) * self.c.scale
+            line = self._lines[batch] = (base, self.decode_fixed(batch), self.decode_slope(batch))
+        return line
 
     def decode_run(self, batch: int, ctx_sum: int, k: int) -> np.ndarray:
         if k <= 0:

@@ -11,7 +11,6 @@ asserts it.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,9 +81,9 @@ def _step_ends(perf, b: int, ctx0: int, now: float, k_cap: int, horizon: float
     computed alone or in a chunk."""
     parts: list[np.ndarray] = []
     done, start, chunk = 0, now, 32
-    line = _decode_line(perf, b)
+    line = getattr(perf, "decode_line", None)
     if line is not None:  # the first steps one by one in Python floats: most runs stop there
-        base, fixed, slope = line
+        base, fixed, slope = line(b)
         first: list[float] = []
         end, ctx = now, ctx0
         for _ in range(min(k_cap, SCALAR_STEPS)):
@@ -109,28 +108,6 @@ def _step_ends(perf, b: int, ctx0: int, now: float, k_cap: int, horizon: float
         start = float(ends[-1])
         chunk *= 8
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-_LINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _decode_line(perf, b: int) -> tuple[float, float, float] | None:
-    """``perf.decode_line(b)``, remembered per model and batch size: a pure function of both
-    that every run asks again (a few µs per run, saved)."""
-    try:
-        lines = _LINES.get(perf)
-    except TypeError:  # not weak-referenceable: no memory
-        line = getattr(perf, "decode_line", None)
-        return line(b) if line is not None else None
-    if lines is None:
-        line_of = getattr(perf, "decode_line", None)
-        if line_of is None:
-            return None
-        lines = _LINES[perf] = {}
-    line = lines.get(b)
-    if line is None:
-        line = lines[b] = perf.decode_line(b)
-    return line
 
 
 def _scan(reqs: list[Request], steps_to_eos, max_len: int, bs: int) -> _Scan:

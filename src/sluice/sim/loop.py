@@ -17,14 +17,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 from sluice.core.engine import Engine
 from sluice.core.plan import StepPlan, StepResult
 from sluice.core.request import Request
 from sluice.sim.events import EventLoop, PendingEvents
 from sluice.sim.fastforward import DecodeRun, apply_decode_run, plan_decode_run
 from sluice.workload.base import Workload
-
 
 
 @dataclass(slots=True)

@@ -349,3 +349,29 @@ def test_one_token_queries_run_fa2_decode_path(gpu) -> None:
     s = BatchStats(prefill_tokens=256, prefill_seqs=256, prefill_attn=256.0)
     blocks = 256 * a.num_heads / pm.gpu.sms * pm.c.pattn_cta * L
     assert pm.prefill_attn_time(s) < blocks
+
+
+def test_pcie_gpu_inherits_the_donors_all_reduce_bytes_per_second() -> None:
+    """A PCIe GPU without all-reduce rows takes the PCIe donors' achieved bandwidth, not their
+    fraction of their own link: a link twice as fast keeps the donors' GB/s (half the
+    efficiency), a slower link is capped at its own peak, and NVLink GPUs keep fractions."""
+    from dataclasses import replace
+
+    from sluice.perf.fitted import PRIOR
+    from sluice.perf.priors import prior_for
+    from sluice.perf.roofline import Coeffs
+
+    donor = replace(GPUS["l40s"], name="pcie-donor")
+    specs = {**GPUS, "pcie-donor": donor}
+    donors = {"pcie-donor": replace(PRIOR, ar_eff=(0.6, 0.3, 0.2))}
+    has = {"pcie-donor": {"allreduce"}}
+    for scale, want in ((2.0, (0.3, 0.15, 0.1)), (0.5, (1.0, 0.6, 0.4))):
+        g = replace(donor, name="test-gpu", link_bw=donor.link_bw * scale)
+        c, keys = prior_for(g, Coeffs(), donors, has, PRIOR, specs)
+        assert keys["allreduce"] == "pcie" and c.ar_eff == pytest.approx(want)
+    nv_donor = replace(GPUS["h100"], name="nv-donor")
+    specs["nv-donor"] = nv_donor
+    g = replace(nv_donor, name="test-gpu", link_bw=nv_donor.link_bw * 2.0)
+    c, _ = prior_for(g, Coeffs(), {"nv-donor": donors["pcie-donor"]}, {"nv-donor": {"allreduce"}},
+                     PRIOR, specs)
+    assert c.ar_eff == pytest.approx((0.6, 0.3, 0.2))

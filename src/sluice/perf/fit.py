@@ -357,11 +357,11 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     ctas = nd * heads
     m_blocks = np.ceil(n / ATTN_TILE)
     group = heads / t["kv_heads"]
-    reuse = np.clip(g.sms / np.maximum(m_blocks * (nd + p_seqs), 1.0), 1.0, group)
+    busy = nd + p_seqs * np.ceil(n / 64.0)  # non-empty blocks of one head (see mixed_decode_time)
+    reuse = np.clip(g.sms / np.maximum(busy, 1.0), 1.0, group)
     ctx_d = t["d_ctx"]
     ws = nd * ctx_d * head_bytes  # one KV head's KV of all decode sequences (L2 reuse across heads)
-    hit = np.where(ws > g.l2_bytes, g.l2_bytes / np.maximum(ws, 1.0), 1.0)
-    reuse = np.maximum(reuse, 1.0 + (group - 1.0) * hit)
+    l2_share = np.where(ws > g.l2_bytes, g.l2_bytes / np.maximum(ws, 1.0), 1.0)
     copies = t.cols.get("l2_copies")
     warm = bench_warm(g, copies, nd * ctx_d * kv_tok)
     io_tok = (6.0 * t["kv_heads"] + 2.0 * heads) * head_bytes / 2.0  # see StepCostModel._pattn_io
@@ -400,7 +400,10 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "m_waves": np.maximum(ctas / g.sms, 1.0),
             "m_stream": ctx_d * head_bytes * g.sms / g.mem_bw,
             "m_split": mixed_splits(g.sms, nd + p_seqs, heads, n, ctx_d),
-            "m_dram": nd * ctx_d * heads * head_bytes / (reuse * g.mem_bw),
+            "m_dram": nd * ctx_d * heads * head_bytes / g.mem_bw,
+            # heads sharing reads while co-resident, the group, the share of one KV head's KV
+            # of all decode sequences that L2 holds (``StepCostModel.mixed_decode_time``)
+            "m_reuse": reuse, "m_group": group, "m_l2_share": l2_share,
             "m_empty": np.maximum(m_blocks - 1.0, 0.0) * ctas / g.sms,
             # all busy blocks (64-row prefill query blocks + decode blocks) fit in one wave
             "m_one_wave": (p_seqs * heads * np.ceil(n / 64.0) + ctas <= g.sms) * 1.0}
@@ -416,7 +419,7 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
     crit = f["pcrit"] + c.pattn_score * f["pcrit_score"]
     l2f = l2_factor(g, g.mem_bw * c.dattn_mem_eff, c.dattn_l2_eff)  # warm benchmark rows
     pio = (f["pio"] + f["pio_l2"] * l2f) / c.dattn_mem_eff
-    pre = np.maximum(np.maximum(flop / eff, crit / c.pattn_crit_eff), pio) \
+    pre = np.maximum(np.maximum(flop / eff + c.pattn_tail * crit, crit / c.pattn_crit_eff), pio) \
         + f["pctx"] / c.dattn_mem_eff + c.pattn_launch * f["any_p"] + c.pattn_seq * f["pseq"] \
         + c.pattn_cta * f["pcta"]
     one = f["one"]
@@ -433,7 +436,8 @@ def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = 
            + c.dattn_swap * f["dswap"]) * (1.0 - mix)
     mult = np.interp(f["log_dseq"], knots, np.asarray(c.mix_dec_factor))
     stream = f["m_waves"] * (c.mix_cta + f["m_stream"] / (c.mix_sm_eff * f["m_split"]))
-    mdec = np.maximum(stream, f["m_dram"] / c.mix_bw_eff) * mult + f["m_empty"] * c.mix_empty \
+    reuse = np.maximum(f["m_reuse"], 1.0 + (f["m_group"] - 1.0) * f["m_l2_share"] ** c.mix_l2_exp)
+    mdec = np.maximum(stream, f["m_dram"] / (reuse * c.mix_bw_eff)) * mult + f["m_empty"] * c.mix_empty \
         + c.mix_dseq * f["nd"]
     one = f["m_one_wave"]  # side by side: the longer of the two, else the decode blocks queue
     mdec = one * np.maximum(mdec - pre, 0.0) + (1.0 - one) * mdec
@@ -574,8 +578,13 @@ def _wls(cols: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return np.maximum(sol, 0.0)
 
 
+_TAIL_GRID = np.concatenate([[0.0], np.geomspace(0.02, 2.0, 30)])  # prefill tail, critical paths
+
+
 def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
-    """Decode (linear), then prefill (efficiency curve), then the mixed-batch decode penalty."""
+    """Decode (linear), then prefill (efficiency curve), then the mixed-batch decode penalty;
+    where both kinds of rows exist, the prefill curve and tail once more on prefill and mixed
+    rows together (``_refit_prefill``) and the mixed penalty after them."""
     f = attn_features(g, t)
     y = t["time_s"]
     dec = (t["p_seqs"] == 0) & (t["d_seqs"] > 0)
@@ -600,12 +609,38 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
             c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
             c = _search(c, "pattn_cta", None, np.concatenate([[0.0], np.geomspace(1e-7, 3e-5, 40)]), loss)
             c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
+            c = _search(c, "pattn_tail", None, _TAIL_GRID, loss)
             c = _search(c, "pattn_score", None, np.concatenate([[0.0], np.geomspace(8.0, 2048.0, 41)]), loss)
             for i in range(len(_LOG2_KNOTS)):
                 c = _search(c, "pattn_eff", i, grid, loss)
             c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
     if mix.sum() >= 4:
         c = _fit_mixed(c, t.where(mix), g)
+        if pre.sum() >= 4:
+            c = _refit_prefill(c, t.where(pre | mix), g)
+            c = _fit_mixed(c, t.where(mix), g)
+    return c
+
+
+def _refit_prefill(c: Coeffs, tb: Table, g: GPUSpec) -> Coeffs:
+    """The prefill tail (``pattn_tail``), critical path and FLOP efficiency again, on the
+    prefill and mixed rows together (then the mixed coefficients once more). A mixed row
+    prices its prefill chunk with the same formula, and the in-vLLM profiles have one
+    prefill-only row per shape against ~8 mixed rows (one per decode batch), most of them
+    dominated by the chunk: fitted on the prefill rows alone, the tail and the curve rest on
+    ~60 rows per model, and 64-query-head chunks (4.7 µs per head at 2,048 tokens against
+    5.4 with 32 heads and 6.4-6.7 with 16, RTX PRO 6000) were priced 15-25% slow."""
+    fb = attn_features(g, tb)
+
+    def loss(cc: Coeffs) -> float:
+        return _loss(vec_attn(g, cc, tb, fb), tb["time_s"])
+
+    for _ in range(2):
+        c = _search(c, "pattn_tail", None, _TAIL_GRID, loss)
+        c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
+        for i in range(len(_LOG2_KNOTS)):
+            c = _search(c, "pattn_eff", i, np.geomspace(0.01, 1.3, 50), loss)
+        c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
     return c
 
 
@@ -645,7 +680,8 @@ def _fit_decode(c: Coeffs, td: Table, g: GPUSpec) -> Coeffs:
 
 def _fit_mixed(c: Coeffs, tm: Table, g: GPUSpec) -> Coeffs:
     """The decode rows of a mixed batch (``StepCostModel.mixed_decode_time``): per-wave cost,
-    per-SM streaming rate, DRAM efficiency and empty-block cost, by coordinate search on the
+    per-SM streaming rate, DRAM efficiency, empty-block cost and the L2 reuse falloff
+    (``mix_l2_exp``), by coordinate search on the
     mixed rows' log error (the prefill part is already fitted on pure-prefill rows)."""
     fm = attn_features(g, tm)
 
@@ -658,6 +694,7 @@ def _fit_mixed(c: Coeffs, tm: Table, g: GPUSpec) -> Coeffs:
         c = _search(c, "mix_bw_eff", None, np.geomspace(0.1, 8.0, 60), loss)
         c = _search(c, "mix_cta", None, np.concatenate([[0.0], np.geomspace(1e-7, 3e-5, 40)]), loss)
         c = _search(c, "mix_empty", None, np.concatenate([[0.0], np.geomspace(1e-8, 1e-5, 40)]), loss)
+        c = _search(c, "mix_l2_exp", None, np.linspace(0.5, 6.0, 45), loss)
     return c
 
 

@@ -34,14 +34,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
     # prefill: FA2's split kernel and FA3 are different kernels (``GPUSpec.flash_attn``),
     # so donors run the same generation where any measured GPU does (``same_kernel``)
     "prefill": ("pattn_eff", "pattn_seq", "pattn_cta", "pattn_launch", "pattn_crit_eff",
-                "pattn_score"),
+                "pattn_score", "pattn_tail"),
     # FA2-only decode structure (``GPUSpec.flash_attn``): the GQA swap copies, and MHA
     # decode streaming a sequence per SM; only FA2 GPUs with such rows are donors
     "fa2_swap": ("dattn_swap",),
     "mha_decode": ("dattn_mha_stream",),
     # the mixed-batch penalty is a property of vLLM's varlen kernel, not of one chip:
     # GPUs without mixed-batch measurements take it from those with them
-    "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor", "mix_dseq"),
+    "mixed": ("mix_cta", "mix_sm_eff", "mix_bw_eff", "mix_empty", "mix_dec_factor", "mix_dseq",
+              "mix_l2_exp"),
     "allreduce": ("ar_latency", "ar_eff"),
     "elementwise": ("elementwise_eff", "elementwise_launch", "elementwise_l2"),
     # benchmark-only L2 read efficiencies (of each GPU's own ``l2_bw``): from the GPUs with
@@ -124,6 +125,19 @@ def prior_key(g: GPUSpec, pri: dict[str, Any], op: str = "") -> str:
     return g.arch if g.arch in pri else "default"
 
 
+def absolute_pcie_rates(g: GPUSpec, pool: dict[str, Coeffs], specs: dict[str, GPUSpec]
+                        ) -> dict[str, Coeffs]:
+    """Donors' all-reduce efficiencies re-expressed against ``g``'s link, so ``g`` inherits
+    the donors' achieved bytes/s rather than their fraction of their own link (capped at
+    ``g``'s link). Why: a PCIe all-reduce between GPUs without NVLink is bound by the root
+    complex, by a bounce through host memory where peer-to-peer is off (GeForce and many
+    workstation boards), and by NCCL's small-message protocols, not by the nominal PCIe
+    generation; a Gen5 board is no faster in practice than the Gen4 boards measured."""
+    return {d: replace(c, ar_eff=tuple(min(1.0, e * specs[d].link_bw / g.link_bw)
+                                       for e in c.ar_eff))
+            for d, c in pool.items()}
+
+
 def prior_for(g: GPUSpec, base: Coeffs, donors: dict[str, Coeffs], has: dict[str, set[str]],
               start: Coeffs, specs: dict[str, GPUSpec], keep: set[str] | frozenset = frozenset()
               ) -> tuple[Coeffs, dict[str, str]]:
@@ -139,6 +153,8 @@ def prior_for(g: GPUSpec, base: Coeffs, donors: dict[str, Coeffs], has: dict[str
         pool = same_kernel(op, g, pool, specs)
         if not pool:
             continue
+        if op == "allreduce" and not g.nvlink:
+            pool = absolute_pcie_rates(g, pool, specs)
         pri = priors(pool, start, specs)
         key = prior_key(g, pri, op)
         src = pri[key]

@@ -17,15 +17,16 @@ Per step, per GPU (TP shards weights, heads and experts ``tp`` ways):
   touched, ``E*(1-(1-k/E)^T)`` in expectation under uniform routing;
 * attention: prefill FLOPs from query-key pairs (``prefill_attn``) plus a softmax cost per
   score, at an efficiency indexed by the keys a query row attends to (chunk + cached context),
-  at least the critical path of the last 128-row block and the chunk's own Q/K/V/O and
+  at least the critical path of the last 128-row block (and a fitted share of it on top of
+  the FLOP time: the last wave's tail) and the chunk's own Q/K/V/O and
   KV-cache traffic, plus KV read of the cached context and a cost per wave of thread blocks
   (``prefill_blocks``); decode reads ``decode_ctx`` tokens of KV, plus per-layer,
   per thread-block-wave and per-query-head costs, and on FA2 GPUs the GQA swap copies and MHA
   decode's per-SM streaming (``decode_fixed`` / ``decode_slope``; a step of one-token
   prefills only runs FA2's decode path too, ``_one_token_time``); in a mixed prefill+decode step the decode rows run one block per
   query head without GQA packing, split-KV only when the grid is small, heads reusing KV
-  through L2 while it fits, side by side with the prefill blocks when all fit in one wave
-  (``mixed_decode_time``);
+  while co-resident and through L2 while it fits (falling off at a fitted rate beyond),
+  side by side with the prefill blocks when all fit in one wave (``mixed_decode_time``);
 * norms / rotary / activation (and per-head q/k norms where the model has them) as bytes
   moved (``elementwise``);
 * TP all-reduce twice per layer of ``T*hidden`` activations (ring: ``2(tp-1)/tp`` of the bytes);
@@ -66,6 +67,10 @@ class Coeffs:
     pattn_eff: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
     pattn_seq: float = 0.0  # per prefill chunk per layer (not fitted: see ``pattn_cta``)
     pattn_crit_eff: float = 1.0  # one SM's FLOP efficiency on the last 128-row block (critical path)
+    # the last wave's tail, in critical-path times at one SM's peak, on top of the FLOP time: a
+    # grid of many blocks is a list schedule, which ends at most one block's run after its
+    # work over the SMs (Graham's bound), and a causal chunk's last blocks are its longest
+    pattn_tail: float = 0.0
     # softmax work per query-key score (exp on the special-function units, max/sum/scale), in
     # tensor-core FLOP equivalents: it does not shrink with the head dim as the matmuls do
     pattn_score: float = 0.0
@@ -100,6 +105,11 @@ class Coeffs:
     # calibration files of the earlier model, where it was the whole mixed-batch penalty)
     mix_dec_factor: tuple[float, ...] = (1.0,) * len(_LOG2_KNOTS)
     mix_dseq: float = 0.0  # extra per decode sequence per layer inside a mixed batch
+    # how fast the heads' L2 reuse falls off once one KV head's KV of all decode sequences
+    # (the reuse distance of a cyclic scan) outgrows L2: hit fraction (l2 / working set) ** this.
+    # A cyclic scan longer than the cache thrashes an LRU-like cache (hits -> 0), a random one
+    # keeps a share of the lines; 1 = the share of the cache the scan would fill (older model)
+    mix_l2_exp: float = 1.0
     ar_latency: tuple[float, ...] = (0.0, 0.0, 0.0)  # per all-reduce call, for 2 / 4 / 8 GPUs
     ar_eff: tuple[float, ...] = (1.0, 1.0, 1.0)  # fraction of link bandwidth, for 2 / 4 / 8 GPUs
     elementwise_eff: float = 1.0  # norms, rope, activation: bytes moved vs bandwidth
@@ -332,13 +342,19 @@ class StepCostModel:
     def prefill_attn_time(self, s: BatchStats) -> float:
         """FLOPs at an efficiency indexed by the mean chunk, but never less than the critical
         path: the last 128-row block of a chunk attends to all its keys on one SM, so a grid
-        of fewer blocks than SMs (few heads, short batch) cannot go faster than that block."""
+        of fewer blocks than SMs (few heads, short batch) cannot go faster than that block.
+        A grid of many blocks pays a share of that block on top of its FLOP time
+        (``pattn_tail``): blocks are handed to SMs as they free up (a list schedule, which
+        ends within one block's run of its work over the SMs), and a causal chunk's last,
+        longest blocks are the tail. In the profiles a 2,048-token chunk costs ~4.0 µs per
+        query head plus ~45 µs, whatever the head count (16, 32, 64), about one critical path."""
         c = self.c
         chunk = s.prefill_tokens / s.prefill_seqs
         keys = chunk + s.prefill_ctx / s.prefill_seqs  # what the last query row attends to
         eff = _interp_log2(keys / 4.0, c.pattn_eff)
         flops_t = s.prefill_attn * self._pattn_flop / eff
         crit = keys * self._pattn_crit / c.pattn_crit_eff
+        flops_t += c.pattn_tail * keys * self._pattn_crit
         io = s.prefill_tokens * self._pattn_io
         ctx_t = s.prefill_ctx * self._pctx_slope
         blocks = s.prefill_seqs * prefill_blocks(self.gpu.flash_attn, self._heads_gpu,
@@ -406,9 +422,17 @@ class StepCostModel:
 
         DRAM traffic: the query heads of one KV group read the same KV. The grid runs query
         block fastest, then sequence, then head, so heads share a read directly only while
-        their blocks are resident together (``sms / blocks per head`` heads at a time), and
+        their blocks are resident together (``sms / busy blocks per head`` heads at a time:
+        one per decode sequence and ``ceil(chunk / 64)`` per prefill sequence; a decode
+        sequence's empty query blocks exit at once and hold no SM, so a long chunk next to
+        the decodes does not cut the sharing: in the profiles, 128 decodes over 16k tokens
+        take the same time next to a 16- and a 615-token chunk), and
         otherwise through L2 when one KV head's KV of all decode sequences is still there when
-        the next head comes round (hit fraction ``l2_bytes / working set``, capped at 1).
+        the next head comes round (hit fraction ``(l2_bytes / working set) ** mix_l2_exp``,
+        capped at 1: each head re-reads the group's KV in the same order, a cyclic scan, and a
+        scan longer than the cache evicts its own lines before they come round again, so the
+        hits fall off faster than the share of the working set the cache holds; the exponent
+        is fitted on the mixed-batch rows).
 
         Overlap: the varlen kernel runs prefill and decode blocks in one grid. When all busy
         blocks (prefill: ``ceil(chunk / 64)`` 64-row query blocks per sequence and head, the
@@ -427,10 +451,11 @@ class StepCostModel:
                           + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff * split))
         m_blocks = math.ceil(chunk / ATTN_TILE)
         group = heads / self._kv_heads_gpu
-        reuse = g.sms / (m_blocks * (nd + s.prefill_seqs))
+        busy = nd + s.prefill_seqs * math.ceil(chunk / 64.0)  # non-empty blocks of one head
+        reuse = g.sms / (busy if busy > 1.0 else 1.0)
         reuse = group if reuse > group else (reuse if reuse > 1.0 else 1.0)
         ws = s.decode_ctx * self._head_bytes  # one KV head's KV of all decode sequences
-        hit = g.l2_bytes / ws if ws > g.l2_bytes else 1.0
+        hit = (g.l2_bytes / ws) ** c.mix_l2_exp if ws > g.l2_bytes else 1.0
         hit = 1.0 + (group - 1.0) * hit
         reuse = hit if hit > reuse else reuse
         dram = s.decode_ctx * heads * self._head_bytes / (reuse * g.mem_bw * c.mix_bw_eff)

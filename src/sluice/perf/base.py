@@ -34,6 +34,22 @@ class PerfModel(Protocol):
         """KV blocks that fit on the device after weights and reserves."""
 
 
+@runtime_checkable
+class ExpertParallelModel(Protocol):
+    """Optional hook of a PerfModel for one rank of vLLM data parallel + expert parallel.
+
+    By default a rank's MoE layers are priced as if every one of the ``ep`` ranks carried this
+    rank's token count: vLLM pads the DP ranks to the largest one when the step runs a CUDA
+    graph. For a step that is not padded the lock step (``sim.lockstep``) calls
+    ``step_time(stats, moe_ranks=counts)`` with every rank's actual token count, which vLLM's
+    all-gather dispatch exchanges. ``moe_ranks=None`` must be plain ``step_time``."""
+
+    ep: int
+
+    def step_time(self, stats: BatchStats, moe_ranks: tuple[float, ...] | None = None) -> float:
+        """Seconds for one step whose MoE layers serve the tokens of all ``moe_ranks``."""
+
+
 def decode_stats(batch: int, ctx_sum: int) -> BatchStats:
     return BatchStats(decode_seqs=batch, decode_ctx=ctx_sum)
 

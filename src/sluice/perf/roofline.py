@@ -171,6 +171,21 @@ def prefill_blocks(flash_attn: int, heads: int, kv_heads: int, chunk: float) -> 
     return heads * math.ceil(chunk / 64.0)
 
 
+def agrs_exchange_tokens(ranks: tuple[float, ...]) -> float:
+    """The all-reduce size (tokens) whose ring traffic on the busiest link equals one MoE
+    layer's AgRs exchange for these per-rank token counts (``StepCostModel.moe_time``).
+
+    vLLM's ``all_gatherv`` is one grouped ``ncclBroadcast`` per root rank and its
+    ``reduce_scatterv`` one ``ncclReduce`` per root (``PyNcclCommunicator``,
+    ``vllm/distributed/device_communicators/pynccl.py``). On a ring, root ``r``'s broadcast
+    crosses every link but the one into ``r`` and its reduce every link but the one out of
+    ``r``, so the busiest link carries ``sum - min`` tokens in each collective, while a ring
+    all-reduce of ``x`` tokens carries ``2 (n-1)/n x``. Equal counts give ``x = n * count``;
+    on two ranks ``x = 2 * max``: the exchange waits for the larger rank's tokens both ways."""
+    n = len(ranks)
+    return n * (sum(ranks) - min(ranks)) / (n - 1)
+
+
 def elementwise_passes(arch: ModelArch, tp: int, qkv: int) -> tuple[float, ...]:
     """Elements read + written per token by each memory-bound pass of one layer on one GPU:
     two (fused add +) RMSNorms (x and residual in and out), rotary on q/k (``qkv`` wide),
@@ -272,27 +287,36 @@ class StepCostModel:
         t_m = (n * k * wb + 2.0 * m * (n + k)) / (self.gpu.mem_bw * c.gemm_mem_eff)
         return (t_c if t_c > t_m else t_m) + c.gemm_launch
 
-    def moe_time(self, tokens: float) -> float:
-        """Routed experts of one layer for ``tokens`` tokens (weights sharded ``tp`` ways).
+    def moe_time(self, tokens: float, ranks: tuple[float, ...] | None = None) -> float:
+        """Routed experts of one layer for this rank's ``tokens`` (weights sharded ``tp`` ways).
 
         With expert parallelism over ``ep`` DP ranks each rank holds ``E/ep`` experts and
-        serves the tokens of all ranks (assumed equally loaded, as vLLM steps them in lock
-        step); tokens are exchanged by an all-gather + reduce-scatter (priced as an all-reduce
-        of the gathered tokens)."""
+        serves the tokens of all ranks: vLLM's default all2all (``AgRsAll2AllManager``,
+        ``vllm/distributed/device_communicators/all2all.py``) all-gathers every rank's tokens
+        (dispatch) and reduce-scatters the outputs (combine). ``ranks``: every EP rank's token
+        count in this step; by default each carries this rank's count, which is what vLLM runs
+        when it pads the DP ranks to the largest one (``sim.lockstep.dp_padded``). Under
+        uniform routing a rank computes ``sum(ranks) * top_k / ep`` token-expert pairs, touches
+        its experts for ``sum(ranks)`` tokens, and the exchange is priced as an all-reduce of
+        ``agrs_exchange_tokens(ranks)`` tokens (``ep * tokens`` when the ranks are equal)."""
         a, c = self.arch, self.c
         if not a.is_moe or tokens <= 0:
             return 0.0
         e, k, ep = a.num_experts, a.top_k, self.ep
-        seen = tokens * ep
+        if ranks is None:
+            seen, pairs, wire = tokens * ep, tokens * k, tokens * ep
+        else:
+            seen = float(sum(ranks))
+            pairs = seen * k / ep
+            wire = agrs_exchange_tokens(ranks) if ep > 1 else 0.0
         touched = e / ep * (1.0 - (1.0 - k / e) ** seen)
-        pairs = tokens * k
         per_expert = pairs / touched
         flops = 2.0 * pairs * a.expert_params() / self.tp
         eff = _interp_log2(per_expert, c.moe_eff)
         t_c = flops / (self._peak * eff)
         bytes_ = touched * a.expert_params() * a.weight_bytes / self.tp + 4.0 * pairs * a.hidden * 2
         t_m = bytes_ / (self.gpu.mem_bw * c.moe_mem_eff)
-        comm = self.allreduce_time(seen, ep) if ep > 1 else 0.0
+        comm = self.allreduce_time(wire, ep) if ep > 1 else 0.0
         return (t_c if t_c > t_m else t_m) + c.moe_launch + comm
 
     def allreduce_time(self, tokens: float, n: int | None = None) -> float:
@@ -318,9 +342,11 @@ class StepCostModel:
             t += nbytes / cold / (c.elementwise_l2 if nbytes <= l2 else 1.0)
         return t
 
-    def token_time(self, tokens: float, seqs: int) -> float:
-        """Everything that depends only on the token and sequence counts (cached per key)."""
-        key = (tokens, seqs)
+    def token_time(self, tokens: float, seqs: int,
+                   ranks: tuple[float, ...] | None = None) -> float:
+        """Everything that depends only on the token and sequence counts (cached per key);
+        ``ranks``: every EP rank's token count, for the MoE layers (``moe_time``)."""
+        key = (tokens, seqs) if ranks is None else (tokens, seqs, ranks)
         t = self._cache.get(key)
         if t is not None:
             return t
@@ -328,7 +354,7 @@ class StepCostModel:
         layer = 0.0
         for n, k in self._shapes.layer:
             layer += self.gemm_time(tokens, n, k)
-        layer += self.moe_time(tokens)
+        layer += self.moe_time(tokens, ranks)
         layer += 2.0 * self.allreduce_time(tokens)
         layer += self.elementwise_time(tokens)
         n, k = self._shapes.lm_head
@@ -469,12 +495,14 @@ class StepCostModel:
         return dec
 
     # ---- PerfModel ------------------------------------------------------------------------
-    def step_time(self, stats: BatchStats) -> float:
+    def step_time(self, stats: BatchStats, moe_ranks: tuple[float, ...] | None = None) -> float:
+        """``moe_ranks``: every EP rank's token count in this step, for the MoE layers (the
+        ``ExpertParallelModel`` hook; by default each rank carries this one's, see ``moe_time``)."""
         seqs = stats.prefill_seqs + stats.decode_seqs
         tokens = stats.prefill_tokens + stats.decode_seqs
         if seqs == 0 and tokens <= 0:
             return 0.0
-        fixed = self.token_time(tokens, seqs)
+        fixed = self.token_time(tokens, seqs, moe_ranks)
         pre = self.prefill_attn_time(stats) if stats.prefill_seqs else 0.0
         base = (fixed + pre) * self.c.scale
         if stats.prefill_seqs and stats.decode_seqs:  # one varlen kernel: decode rows pay more

@@ -9,20 +9,29 @@ the slowest rank's step, and all ranks start the next one at the same instant.
 Arrivals are sent to a rank by vLLM's front-end load balancer (:class:`DPBalancer`) and join
 that rank's next step, as in :mod:`sluice.sim.loop`. Requests never move between ranks.
 
+Each rank prices its own step, its MoE layers as if every rank carried its token count: that
+is what vLLM runs when it pads the ranks to the largest one, which it does only when the step
+runs a CUDA graph on every rank (``dp_padded``). A step that is not padded gathers the ranks'
+actual token counts (``rank_tokens``), so each rank's MoE layers are repriced on them through
+the perf model's optional ``ExpertParallelModel`` hook.
+
 Not modelled here: fast-forward (every step is planned), interruptible prefill (vLLM has none),
-and a separate cost for the per-step DP synchronisation (a small all-reduce of token counts,
-tens of microseconds against steps of tens of milliseconds).
+the padding of a rank's token count to the next CUDA-graph size, and a separate cost for the
+per-step DP synchronisation (a small all-reduce of token counts, tens of microseconds against
+steps of tens of milliseconds).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from sluice.core.engine import Engine
-from sluice.core.plan import StepPlan, StepResult
+from sluice.core.plan import BatchStats, StepPlan, StepResult
 from sluice.core.request import Request
+from sluice.executors.simulated import SimulatedExecutor
+from sluice.perf.base import ExpertParallelModel
 from sluice.sim.events import EventLoop, PendingEvents
 from sluice.workload.base import Workload
 
@@ -90,6 +99,59 @@ class RoundRobin:
 BALANCERS = {"vllm": DPBalancer, "round_robin": RoundRobin}
 
 
+CUDAGRAPH_MAX_TOKENS = 512  # vLLM's cap on the largest CUDA-graph size (non-SM100 GPUs)
+
+
+def cudagraph_max_tokens(max_num_seqs: int, max_num_batched_tokens: int) -> int:
+    """The largest step (in tokens) vLLM 0.19 runs as a CUDA graph by default:
+    ``min(2 * max_num_seqs, 512, max_num_batched_tokens)`` (``VllmConfig._set_cudagraph_sizes``
+    in ``vllm/config/vllm.py``, no speculative decoding). A larger step runs eagerly:
+    ``CudagraphDispatcher.dispatch`` returns ``CUDAGraphMode.NONE`` above that size."""
+    return min(2 * max_num_seqs, CUDAGRAPH_MAX_TOKENS, max_num_batched_tokens)
+
+
+def dp_padded(tokens: tuple[float, ...], graph_max: int) -> bool:
+    """Whether vLLM pads every DP rank of this step to the largest rank's token count.
+
+    ``coordinate_batch_across_dp`` (``vllm/v1/worker/dp_utils.py``) all-reduces each rank's
+    CUDA-graph mode and takes the minimum; it pads to the maximum only when that mode is not
+    NONE, i.e. when every rank's step fits a CUDA graph (``tokens <= graph_max``; 0 = eager,
+    never padded). Otherwise each rank keeps its own count (vLLM PR #34102, "Only use DP
+    padding when cudagraphs are actually used"; DBO micro-batching, off by default, would
+    pad too). ``tokens``: each rank's step (``rank_tokens``)."""
+    return all(t <= graph_max for t in tokens)
+
+
+def rank_tokens(begun: list[tuple[StepPlan, StepResult] | None]) -> tuple[float, ...]:
+    """Each rank's token count in this step, as the ranks exchange them: an idle rank runs a
+    one-token dummy batch (``execute_dummy_batch`` -> ``_dummy_run(1)``) in every MoE layer."""
+    return tuple(1.0 if b is None else b[0].stats.total_tokens for b in begun)
+
+
+class _UnpaddedMoE:
+    """``perf`` pricing every step's MoE layers on the ranks' actual token counts ``ranks``
+    (one step's repricing through the simulated executor, which adds swap copies as usual)."""
+
+    def __init__(self, perf: ExpertParallelModel, ranks: tuple[float, ...]) -> None:
+        self.perf, self.ranks = perf, ranks
+
+    def step_time(self, stats: BatchStats) -> float:
+        return self.perf.step_time(stats, moe_ranks=self.ranks)
+
+    def swap_time(self, blocks: int, contiguous_runs: int) -> float:
+        return self.perf.swap_time(blocks, contiguous_runs)
+
+
+def _ep_perf(engine: Engine, ranks: int) -> ExpertParallelModel | None:
+    """The engine's perf model when it prices one of ``ranks`` EP ranks and has the hook."""
+    ex = engine.executor
+    perf = getattr(ex, "perf", None)
+    if (isinstance(ex, SimulatedExecutor) and isinstance(perf, ExpertParallelModel)
+            and perf.ep > 1 and perf.ep == ranks):
+        return perf
+    return None
+
+
 @dataclass(slots=True)
 class Step:
     """One lock-step step: every rank starts at ``start``; the step ends at ``end``."""
@@ -114,12 +176,15 @@ class LockstepLoop(EventLoop):
     """Drive ``engines`` (one per DP rank) in lock step through ``workload``.
 
     ``sync_overhead`` seconds are added to every step in which any rank runs (default 0).
+    ``cudagraph_max``: the largest step vLLM runs as a CUDA graph (``dp_padded``; 0 = eager),
+    by default vLLM's for the first engine's ``max_num_seqs`` and ``max_num_batched_tokens``.
     """
 
     def __init__(self, engines: list[Engine], workload: Workload, *,
                  balancer: DPBalancer | RoundRobin | None = None,
                  on_request_end: Callable[[Request], None] | None = None,
-                 sync_overhead: float = 0.0, kv_sample_every: float = 1.0) -> None:
+                 sync_overhead: float = 0.0, kv_sample_every: float = 1.0,
+                 cudagraph_max: int | None = None) -> None:
         if not engines:
             raise ValueError("lock step needs at least one engine")
         n = len(engines)
@@ -135,6 +200,12 @@ class LockstepLoop(EventLoop):
         self._inflight: Step | None = None
         self._kv_sample_every = kv_sample_every
         self._next_kv_sample = 0.0
+        if cudagraph_max is None:
+            cfg = engines[0].scheduler.cfg
+            cudagraph_max = cudagraph_max_tokens(cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.cudagraph_max = cudagraph_max
+        perfs = [_ep_perf(e, n) for e in engines]
+        self._ep_perfs = perfs if all(p is not None for p in perfs) else None
 
     @property
     def has_work(self) -> bool:
@@ -158,6 +229,8 @@ class LockstepLoop(EventLoop):
     # -- steps ----------------------------------------------------------------------------
     def _start_step(self, now: float) -> None:
         begun = [e.begin(now) for e in self.engines]
+        if self._ep_perfs is not None:
+            self._price_unpadded(begun)
         span = -1.0
         for b in begun:
             if b is not None and b[1].duration > span:
@@ -177,6 +250,19 @@ class LockstepLoop(EventLoop):
                 st.rank_steps[i] += 1
                 st.wait_s[i] += span - b[1].duration
         self._inflight = Step(now, now + span, begun)
+
+    def _price_unpadded(self, begun: list[tuple[StepPlan, StepResult] | None]) -> None:
+        """A step vLLM does not pad (``dp_padded``): each rank's MoE layers serve the ranks'
+        actual tokens, so reprice every busy rank on them (in place). A padded step keeps the
+        ranks' own prices (their count on every rank: the largest rank sets the pace)."""
+        tokens = rank_tokens(begun)
+        if all(b is None for b in begun) or dp_padded(tokens, self.cudagraph_max):
+            return
+        for i, (engine, perf, b) in enumerate(zip(self.engines, self._ep_perfs, begun)):
+            if b is not None:
+                ex = SimulatedExecutor(_UnpaddedMoE(perf, tokens),
+                                       swap_overlap=engine.executor.swap_overlap)
+                begun[i] = (b[0], replace(b[1], duration=ex.execute(b[0]).duration))
 
     def _maybe_wake(self, now: float) -> None:
         """All ranks idle with work queued: a policy may ask to be asked again later."""

@@ -195,3 +195,58 @@ def test_program_summary_jct_and_reprefill():
     assert s["context_hit_rate"] == pytest.approx(160 / 336)
     assert s["mean_turn_queue_s"] == pytest.approx((0.5 + 0 + 0) / 3)
     assert s["programs_per_minute"] == pytest.approx(2 / 8.0 * 60)
+
+
+# -- kvflow ----------------------------------------------------------------------------------
+def test_kvflow_gives_up_the_latest_returning_programs_pin_first():
+    """Steps-to-execution, not expiry: under pressure the pin of the program whose tool is
+    predicted to return last goes first, though the soonest-returning program's pin (short
+    quantile TTL) expires first; a program that came back has no use for its pin."""
+    from sluice.core.kv import Pin
+
+    pol = make_policy("kvflow", budget=1.0)
+    for _ in range(50):
+        pol.history.observe("fast", 0.5)
+        pol.history.observe("slow", 60.0)
+    v = view(now=10.0)
+    slow, fast, back = (turn(p, 0, 0.0, 320, tool=t) for p, t in ((1, "slow"), (2, "fast"),
+                                                                   (3, "fast")))
+    for r in (slow, fast, back):
+        r.num_computed = 320
+        assert pol.retain(r, v) is not None
+    pins = [Pin(1, [1], 10.0 + 60.0, owner=1), Pin(2, [2], 10.0 + 0.5, owner=2),
+            Pin(3, [3], 10.0 + 0.5, owner=3)]
+    pol.on_arrival(turn(3, 1, 10.2, 400), view(now=10.2))
+    order = [p.owner for p in sorted(pins, key=lambda p: pol.reclaim_key(p, v))]
+    assert order == [3, 1, 2]
+    assert [p.owner for p in sorted(pins, key=lambda p: (p.expiry, p.id))] == [2, 3, 1]
+
+
+def test_expected_residual_is_memoryless_for_the_prior_and_grows_for_heavy_tails():
+    h = ToolHistory(prior_mean=4.0)
+    assert h.expected_residual("new", 0.0) == pytest.approx(4.0)
+    assert h.expected_residual("new", 30.0) == pytest.approx(4.0)  # exponential: memoryless
+    h = ToolHistory(prior_mean=4.0, prior_weight=0.0)
+    for x in [1.0] * 90 + [100.0] * 10:
+        h.observe("mixed", x)
+    assert h.expected_residual("mixed", 0.0) == pytest.approx(h.mean("mixed"))
+    assert h.expected_residual("mixed", 50.0) == pytest.approx(50.0)  # only the long calls left
+    assert h.expected_residual("mixed", 200.0) == 0.0  # outlived every call seen
+
+
+def test_kvflow_re_predicts_an_overdue_call_as_a_long_one():
+    """Two programs of the same heavy-tailed tool: the one whose call is 50 s old (overdue
+    for a tool that mostly takes 1 s) is now expected back later than the one that just
+    left, so its pin is the one given up first."""
+    from sluice.core.kv import Pin
+
+    pol = make_policy("kvflow", budget=1.0, prior_weight=0.0)
+    for x in [1.0] * 90 + [100.0] * 10:
+        pol.history.observe("mixed", x)
+    old, new = turn(1, 0, 0.0, 320, tool="mixed"), turn(2, 0, 0.0, 320, tool="mixed")
+    for r, t in ((old, 0.0), (new, 50.0)):
+        r.num_computed = 320
+        assert pol.retain(r, view(now=t)) is not None
+    pins = [Pin(1, [1], 500.0, owner=1), Pin(2, [2], 500.0, owner=2)]
+    order = [p.owner for p in sorted(pins, key=lambda p: pol.reclaim_key(p, view(now=50.0)))]
+    assert order == [1, 2]

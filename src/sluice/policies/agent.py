@@ -93,6 +93,17 @@ class ToolHistory:
         emp = np.minimum(s[None, :], taus[:, None]).sum(axis=1) if s.size else 0.0 * taus
         return (w * prior + emp) / (w + s.size) if w + s.size else emp
 
+    def expected_residual(self, tool: str | None, elapsed: float) -> float:
+        """E[T - elapsed | T > elapsed]: seconds still to wait for a call ``elapsed`` seconds
+        old. Why not the mean: tool times are heavy-tailed, so a call that is already late
+        is likely a long one (the exponential prior alone is memoryless: its residual is its
+        mean). 0 when nothing in the belief lasts that long."""
+        s, mu, w = self.samples(tool), self.prior_mu(), self.prior_weight
+        tail = s[np.searchsorted(s, elapsed, side="right"):]
+        survive = w * math.exp(-elapsed / mu)
+        mass = survive + tail.size
+        return (survive * mu + float((tail - elapsed).sum())) / mass if mass > 0 else 0.0
+
     def mean(self, tool: str | None) -> float:
         s, w = self.samples(tool), self.prior_weight
         return (w * self.prior_mu() + float(s.sum())) / (w + s.size) if w + s.size else 0.0

@@ -11,13 +11,18 @@ duration history of the tool it is calling (exponential prior at cold start).
 With the mechanism's hooks: on each turn's end the program's predicted return time joins a
 ranking of all idle programs; the soonest-returning ones whose contexts fit ``budget`` of the
 KV capacity are pinned (until the ``quantile``-th percentile of their tool's duration), the
-rest fall back to plain LRU caching. Scheduling order stays vLLM's FCFS so the comparison with
-LRU isolates retention. Not expressible yet: re-ranking pins already made as time passes, and
-prefetch of host-tier KV ahead of the return (both need mechanism hooks; docs/policies.md).
+rest fall back to plain LRU caching. Under memory pressure pins are given up latest-return
+first (``reclaim_key``), the eviction order by steps-to-execution, not by expiry (which would
+drop the soonest-returning programs' KV first). Scheduling order stays vLLM's FCFS so the
+comparison with LRU isolates retention. Not expressible yet: prefetch of host-tier KV ahead of
+the return (needs a mechanism hook; docs/policies.md).
 """
 
 from __future__ import annotations
 
+import math
+
+from sluice.core.kv import Pin
 from sluice.core.request import Request
 from sluice.errors import ConfigError
 from sluice.policies.agent import ProgramPolicy
@@ -34,6 +39,7 @@ class KVFlow(ProgramPolicy):
         if not 0 < float(self.opts["budget"]) <= 1 or not 0 < float(self.opts["quantile"]) < 1:
             raise ConfigError("kvflow: budget must be in (0, 1] and quantile in (0, 1)")
         self.idle: dict[int, tuple[float, float, int]] = {}  # pid -> (eta, expiry, blocks)
+        self.calls: dict[int, tuple[float, str | None]] = {}  # idle pid -> (tool call start, tool)
 
     def key(self, req: Request, now: float) -> tuple:
         return (req.arrival, req.id)  # vLLM FCFS: retention is the only change
@@ -52,13 +58,27 @@ class KVFlow(ProgramPolicy):
             return self.grant(req, None, view)
         ttl = self.history.quantile(req.tool, float(self.opts["quantile"]))
         self.idle[req.program] = (eta, now + ttl, blocks)
+        self.calls[req.program] = (now, req.tool)
         return self.grant(req, ttl, view)
+
+    def reclaim_key(self, pin: Pin, view: View) -> tuple:
+        """Latest predicted return first, re-predicted now: a call already ``elapsed`` seconds
+        old is expected back in ``E[T - elapsed | T > elapsed]`` (``expected_residual``), so
+        an overdue call of a heavy-tailed tool ranks late, not early. A pin whose program is
+        no longer idle (it came back: its running turn holds the blocks anyway) goes first."""
+        call = self.calls.get(pin.owner) if pin.owner is not None else None
+        if call is None:
+            return (-math.inf, pin.id)
+        start, tool = call
+        return (-self.history.expected_residual(tool, view.now - start), pin.id)
 
     def on_arrival(self, req: Request, view: View) -> None:
         super().on_arrival(req, view)
         if req.program is not None:
             self.idle.pop(req.program, None)
+            self.calls.pop(req.program, None)
 
     def forget(self, program: int) -> None:
         super().forget(program)
         self.idle.pop(program, None)
+        self.calls.pop(program, None)

@@ -13,20 +13,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from repro_common import parse, pct, run, savefig, ttfts_ms  # noqa: E402
-from sluice.cli import sim_config_from_args  # noqa: E402
-from sluice.sim.runner import build_perf, run_simulation  # noqa: E402
-from sluice.workload.spec import build_workload  # noqa: E402
+from repro_common import pct, run, savefig, ttfts_ms  # noqa: E402
 
 FLAGS = ("--trace azure-conv --num-requests 1500 --rate 12 --num-gpu-blocks 3000 "
          "--slo-class high,priority=0,share=0.2 --slo-class low,priority=1")
+# FastSwitch overlaps swap-out with compute: the last run (--swap-overlap)
 RUNS = [("vllm", ""), ("priority", ""), ("preemptive", ""),
-        ("preemptive", " --preemption-mode recompute")]
+        ("preemptive", " --preemption-mode recompute"), ("preemptive", " --swap-overlap")]
+LABELS = {" --preemption-mode recompute": " (recompute)", " --swap-overlap": " (swap, overlapped)"}
 
 
 def main() -> None:
     print(f"sluice compare --policies vllm,priority,preemptive {FLAGS} --out OUT")
     print(f"sluice simulate --policy preemptive {FLAGS} --preemption-mode recompute --out OUT2")
+    print(f"sluice simulate --policy preemptive {FLAGS} --swap-overlap --out OUT3")
     print("| run | high p99 TTFT ms | high p90 TTFT ms | all p99 TTFT ms | p99 ITL ms | "
           "preemptions | req/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -35,23 +35,11 @@ def main() -> None:
     for pol, extra in RUNS:
         res = run(FLAGS + extra, pol)
         s = res.summary
-        label = pol + (" (recompute)" if extra else (" (swap)" if pol == "preemptive" else ""))
+        label = pol + LABELS.get(extra, " (swap)" if pol == "preemptive" else "")
         bars[label] = pct(ttfts_ms(res, hi), 99)
         print(f"| {label} | {bars[label]:.0f} | {pct(ttfts_ms(res, hi), 90):.0f} | "
               f"{pct(ttfts_ms(res), 99):.0f} | {s['p99_itl_ms']:.1f} | {s['preemptions']} | "
               f"{s['request_throughput']:.2f} |")
-    # FastSwitch overlaps swap-out with compute: SimConfig.swap_overlap (no CLI flag yet)
-    args = parse(FLAGS, "preemptive")
-    cfg = sim_config_from_args(args, "preemptive")
-    cfg.swap_overlap = True
-    cfg.perf = build_perf(cfg)
-    res = run_simulation(cfg, build_workload(args, max_model_len=cfg.perf.max_model_len))
-    s = res.summary
-    label = "preemptive (swap, overlapped)"
-    bars[label] = pct(ttfts_ms(res, hi), 99)
-    print(f"| {label} | {bars[label]:.0f} | {pct(ttfts_ms(res, hi), 90):.0f} | "
-          f"{pct(ttfts_ms(res), 99):.0f} | {s['p99_itl_ms']:.1f} | {s['preemptions']} | "
-          f"{s['request_throughput']:.2f} |")
     fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar(list(bars), list(bars.values()),
            color=["grey", "tab:blue", "tab:green", "tab:olive", "tab:cyan"])

@@ -346,13 +346,13 @@ class Scheduler:
 
     def _make_room(self, plan: StepPlan, req: Request, need: int, now: float,
                    enough=None) -> bool:
-        """Pins first (in the policy's reclaim order), then the policy's ``preempt_for``
-        victims. True if room was made."""
+        """Pins first (in the policy's reclaim order; unless the policy keeps pins from
+        waiting requests), then the policy's ``preempt_for`` victims. True if room was made."""
         kv = self.kv
         if enough is None:
             def enough() -> bool:
                 return kv.can_allocate(need, admission=True)
-        if kv.pins:
+        if kv.pins and self.policy.pins_yield_to_waiting:
             kv.reclaim_pins(need, key=self._reclaim_key(now), enough=enough)
             if enough():
                 return True

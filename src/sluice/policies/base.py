@@ -45,6 +45,8 @@ class Policy:
       vLLM's strict FCFS does).
     * ``fast_forward_safe``: decisions cannot change during a decode-only stretch with nothing
       waiting, so the simulator may jump over it (the policy's ``on_decode_run`` is then told).
+    * ``pins_yield_to_waiting``: a waiting request may reclaim pins to be admitted (else only
+      a running request's growth reclaims them, and a waiting one waits for expiry).
     """
 
     name: ClassVar[str] = "base"
@@ -52,6 +54,7 @@ class Policy:
     order_running: ClassVar[bool] = False
     skip_blocked: ClassVar[bool] = False
     fast_forward_safe: ClassVar[bool] = True
+    pins_yield_to_waiting: ClassVar[bool] = True
     scheduler_defaults: ClassVar[dict[str, Any]] = {}
     interruptible_prefill: ClassVar[bool] = False
 

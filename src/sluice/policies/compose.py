@@ -93,6 +93,7 @@ class Composite(Policy):
         self.order_running = any(p.order_running for p in parts)
         self.skip_blocked = any(p.skip_blocked for p in parts)
         self.interruptible_prefill = any(p.interruptible_prefill for p in parts)
+        self.pins_yield_to_waiting = all(p.pins_yield_to_waiting for p in parts)
         merged: dict[str, Any] = {}
         for p in parts:
             for k, v in p.scheduler_defaults.items():

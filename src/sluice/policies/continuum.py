@@ -3,9 +3,15 @@ KV Cache Time-to-Live", 2025): pin a finished turn's KV for a time-to-live acros
 and order returning turns by their program's first arrival.
 
 Why a TTL and not "keep until it returns": a tool call may never come back soon (a test suite, a
-human), and KV held for it starves everyone else. The TTL bounds that bet; the mechanism also
-reclaims pins first (soonest expiry first) when memory runs out, so a pin can never block
-progress, and a program's pins go when its last turn ends.
+human), and KV held for it starves everyone else. The TTL bounds that bet. Within it the pin is
+kept from *waiting* requests (``yield_to_waiting=false``, the default): vLLM evicts a finished
+turn's KV as soon as new requests wait, which is exactly what the paper changes, and a waiting
+request that does not fit waits for the next expiry (``next_wakeup``), so held context doubles
+as admission control. Running requests' growth still reclaims pins (soonest expiry first)
+before anything is preempted, so a pin never stalls work already running; a program's pins go
+when its last turn ends. ``yield_to_waiting=true`` lets waiting requests reclaim pins too (the
+earlier behaviour): on agent-coding at 0.5 programs/s 39% of returns then found their pin
+reclaimed, most within a second of being made (docs/results.md).
 
 Modes (``--policy-opt mode=...``):
 
@@ -37,7 +43,7 @@ class Continuum(ProgramPolicy):
     scheduler_defaults = {"enable_prefix_caching": True}
     defaults = {**ProgramPolicy.defaults, "mode": "utility", "ttl": 10.0,
                 "prefill_s_per_token": 6e-5, "max_ttl": 600.0, "slack": 0.5,
-                "memory_weight": 4.0}
+                "memory_weight": 4.0, "yield_to_waiting": False}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -46,6 +52,12 @@ class Continuum(ProgramPolicy):
         for k in ("ttl", "prefill_s_per_token", "max_ttl", "memory_weight"):
             if not float(self.opts[k]) > 0:
                 raise ConfigError(f"continuum: {k} must be > 0, got {self.opts[k]!r}")
+        if not isinstance(self.opts["yield_to_waiting"], bool):
+            raise ConfigError("continuum: yield_to_waiting must be true or false, got "
+                              f"{self.opts['yield_to_waiting']!r}")
+        # False: a pin gives way only to running requests' growth (and its expiry), so held
+        # context also keeps new work out while the cache is full (admission control)
+        self.pins_yield_to_waiting = self.opts["yield_to_waiting"]
 
     def retain(self, req: Request, view: View) -> float | None:
         if not self.retainable(req):

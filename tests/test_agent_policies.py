@@ -201,7 +201,8 @@ def test_program_summary_jct_and_reprefill():
 def test_kvflow_gives_up_the_latest_returning_programs_pin_first():
     """Steps-to-execution, not expiry: under pressure the pin of the program whose tool is
     predicted to return last goes first, though the soonest-returning program's pin (short
-    quantile TTL) expires first; a program that came back has no use for its pin."""
+    quantile TTL) expires first; a program whose turn is queued keeps its pin longest, and
+    once the turn runs the pin has no use."""
     from sluice.core.kv import Pin
 
     pol = make_policy("kvflow", budget=1.0)
@@ -216,7 +217,11 @@ def test_kvflow_gives_up_the_latest_returning_programs_pin_first():
         assert pol.retain(r, v) is not None
     pins = [Pin(1, [1], 10.0 + 60.0, owner=1), Pin(2, [2], 10.0 + 0.5, owner=2),
             Pin(3, [3], 10.0 + 0.5, owner=3)]
-    pol.on_arrival(turn(3, 1, 10.2, 400), view(now=10.2))
+    back = turn(3, 1, 10.2, 400)
+    pol.on_arrival(back, view(now=10.2))  # queued: the next to execute keeps its pin longest
+    order = [p.owner for p in sorted(pins, key=lambda p: pol.reclaim_key(p, v))]
+    assert order == [1, 2, 3]
+    pol.on_admit(back, view(now=10.3))  # running: its blocks are held anyway
     order = [p.owner for p in sorted(pins, key=lambda p: pol.reclaim_key(p, v))]
     assert order == [3, 1, 2]
     assert [p.owner for p in sorted(pins, key=lambda p: (p.expiry, p.id))] == [2, 3, 1]
@@ -231,7 +236,7 @@ def test_expected_residual_is_memoryless_for_the_prior_and_grows_for_heavy_tails
         h.observe("mixed", x)
     assert h.expected_residual("mixed", 0.0) == pytest.approx(h.mean("mixed"))
     assert h.expected_residual("mixed", 50.0) == pytest.approx(50.0)  # only the long calls left
-    assert h.expected_residual("mixed", 200.0) == 0.0  # outlived every call seen
+    assert h.expected_residual("mixed", 200.0) == math.inf  # outlived every call: no estimate
 
 
 def test_kvflow_re_predicts_an_overdue_call_as_a_long_one():
@@ -250,3 +255,12 @@ def test_kvflow_re_predicts_an_overdue_call_as_a_long_one():
     pins = [Pin(1, [1], 500.0, owner=1), Pin(2, [2], 500.0, owner=2)]
     order = [p.owner for p in sorted(pins, key=lambda p: pol.reclaim_key(p, view(now=50.0)))]
     assert order == [1, 2]
+
+
+def test_a_composition_keeps_the_pin_rule_of_the_part_that_pins():
+    assert make_policy("continuum").pins_yield_to_waiting is False
+    assert make_policy("continuum", yield_to_waiting=True).pins_yield_to_waiting is True
+    assert make_policy("continuum+vtc").pins_yield_to_waiting is False
+    assert make_policy("vtc+continuum").pins_yield_to_waiting is False
+    assert make_policy("kvflow+continuum").pins_yield_to_waiting is True  # kvflow's pins
+    assert make_policy("vtc").pins_yield_to_waiting is True

@@ -125,24 +125,39 @@ def test_miss_after_the_ttl():
 
 @pytest.mark.parametrize("yield_to_waiting", [True, False])
 def test_waiting_request_reclaims_a_pin_only_if_the_policy_lets_it(yield_to_waiting):
-    """A plain request arriving during the tool call fits only if the program's pin goes:
-    by default it reclaims the pin (turn 2 misses); with yield_to_waiting=False it waits for
-    the program (turn 2 hits) and still runs afterwards."""
+    """While another request runs, a plain request arriving during the tool call fits only if
+    the program's pin goes: with yield_to_waiting it reclaims the pin (turn 2 misses); without,
+    it waits for the program (turn 2 hits) and still runs afterwards."""
     prog = {"pid": 1, "start": 0.0, "prompt": 1000, "outputs": [20, 5], "tools": [2.0],
             "extra": 40}
-    w = Scripted([prog], [make_request(10, 0.5, 3000, 2)])
+    busy = make_request(11, 0.1, 100, 600)  # decodes past the tool call: the GPU is not idle
+    w = Scripted([prog], [busy, make_request(10, 0.5, 2200, 2)])
     engine, recs = run("continuum", w, blocks=200, check_every_event=True,
                        opts={"mode": "fixed", "ttl": 5.0, "prior_mean": 0.5,
                              "yield_to_waiting": yield_to_waiting})
-    assert len(recs) == 3 and all(r.completed for r in recs)
+    assert len(recs) == 4 and all(r.completed for r in recs)
+    plain = next(r for r in recs if r.id == 10)
     if yield_to_waiting:
         assert engine.kv.stats.pins_reclaimed == 1
-        assert turn2(recs).cached_tokens < reusable(recs) // 2
+        assert plain.first_scheduled < 1.0  # admitted on arrival
+        assert turn2(recs).cached_tokens < reusable(recs)  # the plain request evicted part
     else:
         assert engine.kv.stats.pins_reclaimed == 0
         assert turn2(recs).cached_tokens == reusable(recs)
-        plain = next(r for r in recs if r.program < 0)
         assert plain.first_scheduled >= turn2(recs).first_scheduled
+
+
+def test_pins_yield_when_nothing_runs():
+    """A pin kept from waiting requests still gives way when nothing runs: an idle GPU with
+    work queued until an expiry (up to the TTL) is never the better bet."""
+    prog = {"pid": 1, "start": 0.0, "prompt": 1000, "outputs": [20, 5], "tools": [30.0],
+            "extra": 40}
+    w = Scripted([prog], [make_request(10, 0.5, 3000, 2)])
+    engine, recs = run("continuum", w, blocks=200, check_every_event=True,
+                       opts={"mode": "fixed", "ttl": 100.0, "prior_mean": 5.0})
+    plain = next(r for r in recs if r.id == 10)
+    assert engine.kv.stats.pins_reclaimed == 1
+    assert plain.first_scheduled < 1.0
 
 
 def test_fixed_mode_declines_when_the_tool_is_slower_than_the_ttl():

@@ -346,13 +346,13 @@ class Scheduler:
 
     def _make_room(self, plan: StepPlan, req: Request, need: int, now: float,
                    enough=None) -> bool:
-        """Pins first (in the policy's reclaim order; unless the policy keeps pins from
-        waiting requests), then the policy's ``preempt_for`` victims. True if room was made."""
+        """Pins first (in the policy's reclaim order; see ``_pins_yield``), then the
+        policy's ``preempt_for`` victims. True if room was made."""
         kv = self.kv
         if enough is None:
             def enough() -> bool:
                 return kv.can_allocate(need, admission=True)
-        if kv.pins and self.policy.pins_yield_to_waiting:
+        if kv.pins and self._pins_yield(req):
             kv.reclaim_pins(need, key=self._reclaim_key(now), enough=enough)
             if enough():
                 return True
@@ -362,6 +362,14 @@ class Scheduler:
         for v in victims:
             self._preempt(plan, v, now)
         return bool(victims) and enough()
+
+    def _pins_yield(self, req: Request) -> bool:
+        """Whether ``req`` may reclaim pins to be admitted. A policy may keep pins from new
+        work (``pins_yield_to_waiting``: held context as admission control), but never from
+        work that already ran (a preempted or swapped-out request resuming) and never while
+        nothing runs: the GPU would idle until an expiry with work queued."""
+        return (self.policy.pins_yield_to_waiting or not self.running
+                or req.state != RequestState.WAITING)
 
     def _reclaim_key(self, now: float):
         if not self._ranks_pins:

@@ -306,6 +306,8 @@ class StepCostModel:
         if ranks is None:
             seen, pairs, wire = tokens * ep, tokens * k, tokens * ep
         else:
+            if len(ranks) != ep:
+                raise ValueError(f"moe_time: {len(ranks)} rank token counts for ep={ep}")
             seen = float(sum(ranks))
             pairs = seen * k / ep
             wire = agrs_exchange_tokens(ranks) if ep > 1 else 0.0

@@ -97,12 +97,13 @@ class ToolHistory:
         """E[T - elapsed | T > elapsed]: seconds still to wait for a call ``elapsed`` seconds
         old. Why not the mean: tool times are heavy-tailed, so a call that is already late
         is likely a long one (the exponential prior alone is memoryless: its residual is its
-        mean). 0 when nothing in the belief lasts that long."""
+        mean). Infinite when nothing in the belief lasts that long: no estimate, so the
+        call ranks as the latest of all."""
         s, mu, w = self.samples(tool), self.prior_mu(), self.prior_weight
         tail = s[np.searchsorted(s, elapsed, side="right"):]
         survive = w * math.exp(-elapsed / mu)
         mass = survive + tail.size
-        return (survive * mu + float((tail - elapsed).sum())) / mass if mass > 0 else 0.0
+        return (survive * mu + float((tail - elapsed).sum())) / mass if mass > 0 else math.inf
 
     def mean(self, tool: str | None) -> float:
         s, w = self.samples(tool), self.prior_weight

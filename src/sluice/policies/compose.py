@@ -20,7 +20,8 @@ declaration and composition are one concept. Two small base classes carry the co
   hook decides; ``next_wakeup``: the earliest; ``interrupt_for``: any interruptible part agrees.
 * bookkeeping (``on_arrival``, ``on_admit``, ``on_step``, ``on_decode_run``, ``on_finish``): every part.
 * flags: ``static_key`` and ``fast_forward_safe`` only if every part's; ``order_running``,
-  ``skip_blocked``, ``interruptible_prefill`` if any part's. ``scheduler_defaults`` are merged;
+  ``skip_blocked``, ``interruptible_prefill`` if any part's; ``pins_yield_to_waiting`` from
+  the part that decides ``retain`` (whose pins they are). ``scheduler_defaults`` are merged;
   the first part that sets a knob wins.
 * options go to every part that declares them (so ``predictor=history`` reaches both parts of
   ``jitserve+past_future``); a name no part declares is an error listing the valid ones.
@@ -93,7 +94,6 @@ class Composite(Policy):
         self.order_running = any(p.order_running for p in parts)
         self.skip_blocked = any(p.skip_blocked for p in parts)
         self.interruptible_prefill = any(p.interruptible_prefill for p in parts)
-        self.pins_yield_to_waiting = all(p.pins_yield_to_waiting for p in parts)
         merged: dict[str, Any] = {}
         for p in parts:
             for k, v in p.scheduler_defaults.items():
@@ -103,6 +103,8 @@ class Composite(Policy):
         self._first = {h: next((p for p in parts if _overrides(p, h)), None)
                        for h in ("preempt_for", "victim", "retain", "prefill_layers",
                                  "reclaim_key")}
+        keeper = self._first["retain"]  # whose pins: that part says whether they yield
+        self.pins_yield_to_waiting = keeper.pins_yield_to_waiting if keeper else True
         for i, p in enumerate(parts):
             if hasattr(p, "order_key"):  # parts that compare keys (preemptive): composed order
                 p.order_key = self.key

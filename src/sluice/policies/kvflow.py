@@ -40,6 +40,7 @@ class KVFlow(ProgramPolicy):
             raise ConfigError("kvflow: budget must be in (0, 1] and quantile in (0, 1)")
         self.idle: dict[int, tuple[float, float, int]] = {}  # pid -> (eta, expiry, blocks)
         self.calls: dict[int, tuple[float, str | None]] = {}  # idle pid -> (tool call start, tool)
+        self.queued: set[int] = set()  # programs whose next turn arrived and is not yet admitted
 
     def key(self, req: Request, now: float) -> tuple:
         return (req.arrival, req.id)  # vLLM FCFS: retention is the only change
@@ -64,8 +65,11 @@ class KVFlow(ProgramPolicy):
     def reclaim_key(self, pin: Pin, view: View) -> tuple:
         """Latest predicted return first, re-predicted now: a call already ``elapsed`` seconds
         old is expected back in ``E[T - elapsed | T > elapsed]`` (``expected_residual``), so
-        an overdue call of a heavy-tailed tool ranks late, not early. A pin whose program is
-        no longer idle (it came back: its running turn holds the blocks anyway) goes first."""
+        an overdue call of a heavy-tailed tool ranks late, not early. A program whose next
+        turn is queued is the next to execute: its pin, the only thing holding that KV, goes
+        last; once the turn is admitted its blocks are held anyway, so the pin goes first."""
+        if pin.owner in self.queued:
+            return (0.0, pin.id)
         call = self.calls.get(pin.owner) if pin.owner is not None else None
         if call is None:
             return (-math.inf, pin.id)
@@ -76,9 +80,14 @@ class KVFlow(ProgramPolicy):
         super().on_arrival(req, view)
         if req.program is not None:
             self.idle.pop(req.program, None)
-            self.calls.pop(req.program, None)
+            if self.calls.pop(req.program, None) is not None:
+                self.queued.add(req.program)
+
+    def on_admit(self, req: Request, view: View) -> None:
+        self.queued.discard(req.program)
 
     def forget(self, program: int) -> None:
         super().forget(program)
         self.idle.pop(program, None)
         self.calls.pop(program, None)
+        self.queued.discard(program)

@@ -125,7 +125,7 @@ def dp_padded(tokens: tuple[float, ...], graph_max: int) -> bool:
 def rank_tokens(begun: list[tuple[StepPlan, StepResult] | None]) -> tuple[float, ...]:
     """Each rank's token count in this step, as the ranks exchange them: an idle rank runs a
     one-token dummy batch (``execute_dummy_batch`` -> ``_dummy_run(1)``) in every MoE layer."""
-    return tuple(1.0 if b is None else b[0].stats.total_tokens for b in begun)
+    return tuple(1.0 if b is None else max(1.0, b[0].stats.total_tokens) for b in begun)
 
 
 class _UnpaddedMoE:

@@ -4,12 +4,13 @@ and order returning turns by their program's first arrival.
 
 Why a TTL and not "keep until it returns": a tool call may never come back soon (a test suite, a
 human), and KV held for it starves everyone else. The TTL bounds that bet. Within it the pin is
-kept from *waiting* requests (``yield_to_waiting=false``, the default): vLLM evicts a finished
-turn's KV as soon as new requests wait, which is exactly what the paper changes, and a waiting
-request that does not fit waits for the next expiry (``next_wakeup``), so held context doubles
-as admission control. Running requests' growth still reclaims pins (soonest expiry first)
-before anything is preempted, so a pin never stalls work already running; a program's pins go
-when its last turn ends. ``yield_to_waiting=true`` lets waiting requests reclaim pins too (the
+kept from *new waiting* requests (``yield_to_waiting=false``, the default): vLLM evicts a
+finished turn's KV as soon as new requests wait, which is exactly what the paper changes, and a
+new request that does not fit waits for the next expiry (``next_wakeup``), so held context
+doubles as admission control. Running requests' growth and resuming preempted requests still
+reclaim pins (soonest expiry first), so a pin never stalls work already running, and so does
+any request while nothing runs (``Scheduler._pins_yield``); a program's pins go when its last
+turn ends. ``yield_to_waiting=true`` lets waiting requests reclaim pins too (the
 earlier behaviour): on agent-coding at 0.5 programs/s 39% of returns then found their pin
 reclaimed, most within a second of being made (docs/results.md).
 

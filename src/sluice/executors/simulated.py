@@ -7,8 +7,9 @@ it reports EOS when the token it samples is the last one (DESIGN principle 3).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
-from sluice.core.plan import StepPlan, StepResult
+from sluice.core.plan import BatchStats, StepPlan, StepResult
 from sluice.core.request import Request
 from sluice.perf.base import PerfModel
 
@@ -19,9 +20,7 @@ class SimulatedExecutor:
         self.swap_overlap = swap_overlap  # swap copies hidden behind compute when possible
 
     def execute(self, plan: StepPlan) -> StepResult:
-        duration = self.perf.step_time(plan.stats)
-        if plan.swap_in or plan.swap_out:
-            duration = self._add_swaps(plan, duration)
+        duration = self.duration(plan)
         finished = set()
         for ch in plan.chunks:
             req = ch.req
@@ -33,6 +32,15 @@ class SimulatedExecutor:
             if t is not None and req.num_output + 1 >= t:
                 finished.add(req.id)
         return StepResult(duration, None, finished)
+
+    def duration(self, plan: StepPlan,
+                 step_time: Callable[[BatchStats], float] | None = None) -> float:
+        """Seconds for ``plan``: its compute (``step_time``, by default the perf model's) plus
+        the swap copies. The DP+EP lock step reprices a rank's compute through ``step_time``."""
+        duration = (step_time or self.perf.step_time)(plan.stats)
+        if plan.swap_in or plan.swap_out:
+            duration = self._add_swaps(plan, duration)
+        return duration
 
     def _add_swaps(self, plan: StepPlan, compute: float) -> float:
         blocks = runs = 0

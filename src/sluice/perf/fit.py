@@ -357,7 +357,8 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
     ctas = nd * heads
     m_blocks = np.ceil(n / ATTN_TILE)
     group = heads / t["kv_heads"]
-    busy = nd + p_seqs * np.ceil(n / 64.0)  # non-empty blocks of one head (see mixed_decode_time)
+    q_blocks = np.ceil(n / 64.0)  # a prefill sequence's 64-row query blocks per head
+    busy = nd + p_seqs * q_blocks  # non-empty blocks of one head (see mixed_decode_time)
     reuse = np.clip(g.sms / np.maximum(busy, 1.0), 1.0, group)
     ctx_d = t["d_ctx"]
     ws = nd * ctx_d * head_bytes  # one KV head's KV of all decode sequences (L2 reuse across heads)
@@ -406,7 +407,7 @@ def attn_features(g: GPUSpec, t: Table, kv_bytes: int = 2) -> dict[str, np.ndarr
             "m_reuse": reuse, "m_group": group, "m_l2_share": l2_share,
             "m_empty": np.maximum(m_blocks - 1.0, 0.0) * ctas / g.sms,
             # all busy blocks (64-row prefill query blocks + decode blocks) fit in one wave
-            "m_one_wave": (p_seqs * heads * np.ceil(n / 64.0) + ctas <= g.sms) * 1.0}
+            "m_one_wave": (p_seqs * heads * q_blocks + ctas <= g.sms) * 1.0}
 
 
 def vec_attn(g: GPUSpec, c: Coeffs, t: Table, f: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -534,6 +535,13 @@ def _monotone(tab: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _search_curve(c: Coeffs, curve: str, grid: np.ndarray, f) -> Coeffs:
+    """Each knot of an efficiency curve in turn, then the curve made monotone (``_monotone``)."""
+    for i in range(len(_LOG2_KNOTS)):
+        c = _search(c, curve, i, grid, f)
+    return _replace(c, **{curve: _monotone(getattr(c, curve))})
+
+
 def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, launch: str) -> Coeffs:
     if len(t) == 0:
         return c
@@ -565,9 +573,7 @@ def _fit_curve(c: Coeffs, t: Table, g: GPUSpec, op: str, curve: str, mem: str, l
                     best, mult[0] = loss, float(m)
         if op == "gemm":
             c = _search(c, "gemm_k0", None, np.concatenate([[0.0], np.geomspace(16.0, 4096.0, 33)]), f)
-        for i in range(len(_LOG2_KNOTS)):
-            c = _search(c, curve, i, eff_grid, f)
-        c = _replace(c, **{curve: _monotone(getattr(c, curve))})
+        c = _search_curve(c, curve, eff_grid, f)
     return warm_eff(c, mult[0])
 
 
@@ -579,6 +585,8 @@ def _wls(cols: list[np.ndarray], y: np.ndarray) -> np.ndarray:
 
 
 _TAIL_GRID = np.concatenate([[0.0], np.geomspace(0.02, 2.0, 30)])  # prefill tail, critical paths
+_PATTN_EFF_GRID = np.geomspace(0.01, 1.3, 50)  # prefill FLOP efficiency knots
+_CRIT_EFF_GRID = np.geomspace(0.05, 3.0, 50)  # one SM's efficiency on the critical path
 
 
 def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
@@ -599,21 +607,18 @@ def _fit_attn(c: Coeffs, t: Table, g: GPUSpec) -> Coeffs:
         def loss(cc: Coeffs) -> float:
             return _loss(vec_attn(g, cc, tp_, fp), tp_["time_s"])
 
-        grid = np.geomspace(0.01, 1.3, 50)
         # the per-chunk cost is priced per thread block (``pattn_cta``): a per-sequence cost
         # is not identified where every row is one sequence (the in-vLLM profiles), and its
         # fitted value there (1.4-1.8 us) made the prior's multi-sequence rows 1.5-2x slow
         c = _replace(c, pattn_seq=0.0)
-        c = _search_level(c, "pattn_eff", grid, loss)
+        c = _search_level(c, "pattn_eff", _PATTN_EFF_GRID, loss)
         for _ in range(3):
             c = _search(c, "pattn_launch", None, np.concatenate([[0.0], np.geomspace(5e-7, 1e-4, 40)]), loss)
             c = _search(c, "pattn_cta", None, np.concatenate([[0.0], np.geomspace(1e-7, 3e-5, 40)]), loss)
-            c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
+            c = _search(c, "pattn_crit_eff", None, _CRIT_EFF_GRID, loss)
             c = _search(c, "pattn_tail", None, _TAIL_GRID, loss)
             c = _search(c, "pattn_score", None, np.concatenate([[0.0], np.geomspace(8.0, 2048.0, 41)]), loss)
-            for i in range(len(_LOG2_KNOTS)):
-                c = _search(c, "pattn_eff", i, grid, loss)
-            c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
+            c = _search_curve(c, "pattn_eff", _PATTN_EFF_GRID, loss)
     if mix.sum() >= 4:
         c = _fit_mixed(c, t.where(mix), g)
         if pre.sum() >= 4:
@@ -637,10 +642,8 @@ def _refit_prefill(c: Coeffs, tb: Table, g: GPUSpec) -> Coeffs:
 
     for _ in range(2):
         c = _search(c, "pattn_tail", None, _TAIL_GRID, loss)
-        c = _search(c, "pattn_crit_eff", None, np.geomspace(0.05, 3.0, 50), loss)
-        for i in range(len(_LOG2_KNOTS)):
-            c = _search(c, "pattn_eff", i, np.geomspace(0.01, 1.3, 50), loss)
-        c = _replace(c, pattn_eff=_monotone(c.pattn_eff))
+        c = _search(c, "pattn_crit_eff", None, _CRIT_EFF_GRID, loss)
+        c = _search_curve(c, "pattn_eff", _PATTN_EFF_GRID, loss)
     return c
 
 

@@ -479,7 +479,8 @@ class StepCostModel:
                           + ctx * self._head_bytes * g.sms / (g.mem_bw * c.mix_sm_eff * split))
         m_blocks = math.ceil(chunk / ATTN_TILE)
         group = heads / self._kv_heads_gpu
-        busy = nd + s.prefill_seqs * math.ceil(chunk / 64.0)  # non-empty blocks of one head
+        q_blocks = math.ceil(chunk / 64.0)  # a prefill sequence's 64-row query blocks per head
+        busy = nd + s.prefill_seqs * q_blocks  # non-empty blocks of one head
         reuse = g.sms / (busy if busy > 1.0 else 1.0)
         reuse = group if reuse > group else (reuse if reuse > 1.0 else 1.0)
         ws = s.decode_ctx * self._head_bytes  # one KV head's KV of all decode sequences
@@ -491,7 +492,7 @@ class StepCostModel:
         t = (stream if stream > dram else dram) * mult + (m_blocks - 1) * ctas / g.sms * c.mix_empty \
             + c.mix_dseq * nd
         dec = self.num_layers * t * c.scale
-        if s.prefill_seqs * heads * math.ceil(chunk / 64.0) + ctas <= g.sms:  # one wave: side by side
+        if s.prefill_seqs * heads * q_blocks + ctas <= g.sms:  # one wave: side by side
             pre = pre * c.scale
             return dec - pre if dec > pre else 0.0
         return dec

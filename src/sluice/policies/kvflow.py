@@ -21,12 +21,24 @@ the return (needs a mechanism hook; docs/policies.md).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from sluice.core.kv import Pin
 from sluice.core.request import Request
 from sluice.errors import ConfigError
 from sluice.policies.agent import ProgramPolicy
 from sluice.policies.base import View, register
+
+
+class IdleProgram(NamedTuple):
+    """A pinned program in its tool call: when it was predicted back when pinned (``eta``),
+    its pin's expiry and size, and the call's start and tool (to re-predict at reclaim)."""
+
+    eta: float
+    expiry: float
+    blocks: int
+    start: float
+    tool: str | None
 
 
 @register("kvflow")
@@ -38,8 +50,7 @@ class KVFlow(ProgramPolicy):
         super().__init__(**options)
         if not 0 < float(self.opts["budget"]) <= 1 or not 0 < float(self.opts["quantile"]) < 1:
             raise ConfigError("kvflow: budget must be in (0, 1] and quantile in (0, 1)")
-        self.idle: dict[int, tuple[float, float, int]] = {}  # pid -> (eta, expiry, blocks)
-        self.calls: dict[int, tuple[float, str | None]] = {}  # idle pid -> (tool call start, tool)
+        self.idle: dict[int, IdleProgram] = {}
         self.queued: set[int] = set()  # programs whose next turn arrived and is not yet admitted
 
     def key(self, req: Request, now: float) -> tuple:
@@ -54,12 +65,11 @@ class KVFlow(ProgramPolicy):
         now = view.now
         eta = now + self.history.mean(req.tool)
         blocks = req.num_computed // view.block_size
-        ahead = sum(b for e, x, b in self.idle.values() if e <= eta and x > now)
+        ahead = sum(p.blocks for p in self.idle.values() if p.eta <= eta and p.expiry > now)
         if ahead + blocks > float(self.opts["budget"]) * view.total_blocks:
             return self.grant(req, None, view)
         ttl = self.history.quantile(req.tool, float(self.opts["quantile"]))
-        self.idle[req.program] = (eta, now + ttl, blocks)
-        self.calls[req.program] = (now, req.tool)
+        self.idle[req.program] = IdleProgram(eta, now + ttl, blocks, now, req.tool)
         return self.grant(req, ttl, view)
 
     def reclaim_key(self, pin: Pin, view: View) -> tuple:
@@ -70,17 +80,15 @@ class KVFlow(ProgramPolicy):
         last; once the turn is admitted its blocks are held anyway, so the pin goes first."""
         if pin.owner in self.queued:
             return (0.0, pin.id)
-        call = self.calls.get(pin.owner) if pin.owner is not None else None
-        if call is None:
+        idle = self.idle.get(pin.owner) if pin.owner is not None else None
+        if idle is None:
             return (-math.inf, pin.id)
-        start, tool = call
-        return (-self.history.expected_residual(tool, view.now - start), pin.id)
+        return (-self.history.expected_residual(idle.tool, view.now - idle.start), pin.id)
 
     def on_arrival(self, req: Request, view: View) -> None:
         super().on_arrival(req, view)
         if req.program is not None:
-            self.idle.pop(req.program, None)
-            if self.calls.pop(req.program, None) is not None:
+            if self.idle.pop(req.program, None) is not None:
                 self.queued.add(req.program)
 
     def on_admit(self, req: Request, view: View) -> None:
@@ -89,5 +97,4 @@ class KVFlow(ProgramPolicy):
     def forget(self, program: int) -> None:
         super().forget(program)
         self.idle.pop(program, None)
-        self.calls.pop(program, None)
         self.queued.discard(program)

@@ -128,20 +128,6 @@ def rank_tokens(begun: list[tuple[StepPlan, StepResult] | None]) -> tuple[float,
     return tuple(1.0 if b is None else max(1.0, b[0].stats.total_tokens) for b in begun)
 
 
-class _UnpaddedMoE:
-    """``perf`` pricing every step's MoE layers on the ranks' actual token counts ``ranks``
-    (one step's repricing through the simulated executor, which adds swap copies as usual)."""
-
-    def __init__(self, perf: ExpertParallelModel, ranks: tuple[float, ...]) -> None:
-        self.perf, self.ranks = perf, ranks
-
-    def step_time(self, stats: BatchStats) -> float:
-        return self.perf.step_time(stats, moe_ranks=self.ranks)
-
-    def swap_time(self, blocks: int, contiguous_runs: int) -> float:
-        return self.perf.swap_time(blocks, contiguous_runs)
-
-
 def _ep_perf(engine: Engine, ranks: int) -> ExpertParallelModel | None:
     """The engine's perf model when it prices one of ``ranks`` EP ranks and has the hook."""
     ex = engine.executor
@@ -260,9 +246,10 @@ class LockstepLoop(EventLoop):
             return
         for i, (engine, perf, b) in enumerate(zip(self.engines, self._ep_perfs, begun)):
             if b is not None:
-                ex = SimulatedExecutor(_UnpaddedMoE(perf, tokens),
-                                       swap_overlap=engine.executor.swap_overlap)
-                begun[i] = (b[0], replace(b[1], duration=ex.execute(b[0]).duration))
+                def step_time(stats: BatchStats, perf: ExpertParallelModel = perf) -> float:
+                    return perf.step_time(stats, moe_ranks=tokens)
+                duration = engine.executor.duration(b[0], step_time)  # swap copies as usual
+                begun[i] = (b[0], replace(b[1], duration=duration))
 
     def _maybe_wake(self, now: float) -> None:
         """All ranks idle with work queued: a policy may ask to be asked again later."""
